@@ -1,0 +1,5 @@
+import sys
+
+from affinitynet.cli import main
+
+sys.exit(main())

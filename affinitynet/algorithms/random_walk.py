@@ -1,0 +1,183 @@
+"""Random walk with semantic affinities: CAMs -> pseudo labels (Ahn & Kwak, CVPR 2018, Sec. 3.4).
+
+The transition matrix of the paper is T = D^-1 A^beta with A the (hw, hw) affinity matrix; the
+original code divides A^beta by its *column* sums and multiplies row vectors on the left,
+scores <- scores @ T^(2^logt), i.e. each step every target cell j receives
+sum_i s_i A_ij^beta / sum_k A_kj^beta (A symmetric, so column sums = degrees).
+
+``random_walk_dense`` builds that n x n matrix and squares it logt times, as the original does
+(O(n^3) time, O(n^2) memory; kept for checking). ``random_walk`` runs the same 2^logt steps on
+the radius-5 stencil without forming the matrix: A has at most 1 + 2 * 34 non-zeros per row, so
+each step is a sparse (CSR) product costing O(69 n K) for K score channels.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from affinitynet.algorithms.affinity import dense_affinity
+from affinitynet.algorithms.pairs import from_region, pair_offsets
+
+STRIDE = 8  # the affinity grid is the network's output stride (paper Sec. 4.1)
+
+
+def background_score(cam_maps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Background score (1 - max over classes)^alpha (paper Eq. 8).
+
+    ``cam_maps`` (K, ...) class maps in [0, 1] -> (...); alpha > 1 (paper: 16 for the random
+    walk) weakens the background where any class is confident. With K = 0 the score is 1.
+    """
+    if cam_maps.shape[0] == 0:
+        return torch.ones(cam_maps.shape[1:], dtype=cam_maps.dtype, device=cam_maps.device)
+    return (1 - cam_maps.max(dim=0).values) ** alpha
+
+
+def random_walk_dense(cams: torch.Tensor, aff_dense: torch.Tensor, beta: float,
+                      logt: int) -> torch.Tensor:
+    """The original dense random walk (reference only: O(n^2) memory, O(n^3 logt) time).
+
+    ``cams`` (K, n) scores on the flattened grid, ``aff_dense`` (n, n) symmetric affinities in
+    [0, 1] with unit diagonal -> (K, n): cams @ T^(2^logt), T = A^beta / column sums.
+    """
+    trans = aff_dense ** beta
+    trans = trans / trans.sum(dim=0, keepdim=True)
+    for _ in range(logt):
+        trans = trans @ trans
+    return cams.to(trans.dtype) @ trans
+
+
+def _full_grid_affinity(aff: torch.Tensor, height: int, width: int, radius: int) -> torch.Tensor:
+    """(n_offsets, n_from) -> (n_offsets, h, w): the values at the from-cells, 0 elsewhere."""
+    rows, cols = from_region(height, width, radius)
+    full = aff.new_zeros(aff.shape[0], height, width)
+    full[:, :rows, radius - 1:radius - 1 + cols] = aff.reshape(aff.shape[0], rows, cols)
+    return full
+
+
+def transition_csr(aff: torch.Tensor, height: int, width: int, beta: float = 8,
+                   radius: int = 5) -> torch.Tensor:
+    """Sparse transposed transition T^T = D^-1 A^beta as a CSR (n, n) tensor, rows = targets.
+
+    ``aff`` (n_offsets, n_from) on an h x w grid. Row j holds A_ij^beta / d_j for i in j's
+    radius-5 neighbourhood (j itself included, with A_jj = 1), so (T^T @ s^T)^T = s @ T.
+    """
+    offsets = pair_offsets(radius)
+    if aff.shape[0] != len(offsets):
+        raise ValueError(f"affinity has {aff.shape[0]} offsets, radius {radius} has {len(offsets)}")
+    device = aff.device
+    weight = _full_grid_affinity(aff ** beta, height, width, radius)  # A^beta at (from, from+o)
+    n = height * width
+    r = radius - 1
+    weight_pad = F.pad(weight, (r, r, r, r))
+    # Row j = (y, x) has one entry per stencil offset (dy, dx): the pair (j, j+o) weighs
+    # W_o[j]; the pair (j-o, j) weighs W_o[j-o]. Listing the offsets sorted by (dy, dx), i.e. by
+    # the column shift dy*w + dx (|dx| < w), gives sorted columns without a sort. Entries off
+    # the grid or off the from-block weigh 0 and are dropped.
+    stencil = {(0, 0): weight.new_ones(height, width)}
+    for k, (dy, dx) in enumerate(pair_offsets(radius)):
+        stencil[(dy, dx)] = weight[k]
+        stencil[(-dy, -dx)] = weight_pad[k, r - dy:r - dy + height, r - dx:r - dx + width]
+    order = sorted(stencil)
+    vals = torch.stack([stencil[o] for o in order], dim=-1).reshape(n, len(order))
+    vals = vals / vals.sum(dim=1, keepdim=True)        # divide by the degree d_j
+    keep = vals > 0
+    shift = torch.tensor([dy * width + dx for dy, dx in order], device=device)
+    # int32 indices: ~20 % faster products than int64 on CPU; n * 69 stays far below 2^31
+    crow = torch.zeros(n + 1, dtype=torch.int32, device=device)
+    crow[1:] = torch.cumsum(keep.sum(dim=1, dtype=torch.int32), 0, dtype=torch.int32)
+    cols = (torch.arange(n, dtype=torch.int32, device=device)[:, None] + shift.int())[keep]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, vals[keep], size=(n, n),
+                                       check_invariants=False)
+
+
+def random_walk(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int,
+                beta: float = 8, logt: int = 8, radius: int = 5,
+                threads: int | None = 1) -> torch.Tensor:
+    """Fast random walk on the stride-8 grid, the same result as ``random_walk_dense``.
+
+    ``cams`` (K, h, w) scores (present classes and background), ``aff`` (n_offsets, n_from)
+    pair affinities in [0, 1] on the h x w grid (a leading batch of 1 is accepted) -> (K, h, w)
+    scores after 2^logt steps (paper: beta 8, logt 8). Runs in the dtype and on the device of
+    ``aff`` (pass float64 for checks); never forms the n x n matrix.
+
+    ``threads``: torch intra-op threads for the CPU step loop (restored afterwards; the setting
+    is process-wide). Each step is a short parallel region, and 256 of them stall badly when
+    another process shares the cores (measured 100x slower on 2 busy cores), so one thread is
+    the default; parallelise over images instead. None keeps torch's setting.
+    """
+    if aff.dim() == 3:
+        aff = aff[0]
+    if cams.shape[-2:] != (height, width):
+        raise ValueError(f"cams grid {tuple(cams.shape[-2:])} != affinity grid ({height}, {width})")
+    saved = torch.get_num_threads()
+    if threads is not None and threads != saved and aff.device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        trans_t = transition_csr(aff, height, width, beta, radius)
+        scores = cams.reshape(cams.shape[0], -1).to(device=aff.device, dtype=aff.dtype)
+        scores = scores.T.contiguous()  # (n, K): T^T @ s^T is (s @ T)^T
+        for _ in range(2 ** logt):
+            scores = trans_t @ scores
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
+    return scores.T.reshape(cams.shape[0], height, width)
+
+
+def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torch.Tensor,
+                   aff: np.ndarray | torch.Tensor, image_hw: tuple[int, int],
+                   alpha: float = 16, beta: float = 8, logt: int = 8, radius: int = 5,
+                   num_classes: int = 20, method: str = "sparse"
+                   ) -> tuple[np.ndarray, torch.Tensor]:
+    """CAMs of one image -> random-walk pseudo label (the original infer_aff procedure).
+
+    ``cam_keys`` (K,) class indices of the present classes, ``cam_maps`` (K, H, W) their
+    normalised CAMs in [0, 1] at image size, ``aff`` (n_offsets, n_from) (or (1, ...)) on the
+    stride-8 grid of the image padded to multiples of 8, ``image_hw`` = (H, W). Computes in
+    the dtype and on the device of ``aff`` (``method="dense"`` is the original algorithm).
+    Background (1 - max)^alpha joins the class maps; all are zero-padded to multiples of 8,
+    averaged over 8x8 blocks, walked (absent classes are all-zero and stay zero, so only the
+    K + 1 present channels are walked), upsampled bilinearly to the padded size and argmaxed.
+    Returns the label (H, W) uint8 (0 = background, class index + 1) and the stride-8 scores
+    (num_classes + 1, h, w) float32.
+    """
+    height, width = image_hw
+    aff = torch.as_tensor(aff)
+    keys = torch.as_tensor(np.asarray(cam_keys), dtype=torch.int64).reshape(-1)
+    maps = torch.as_tensor(cam_maps).to(device=aff.device, dtype=aff.dtype)
+    maps = maps.reshape(-1, height, width)
+    if maps.shape[0] != keys.numel():
+        raise ValueError(f"{keys.numel()} cam keys for {maps.shape[0]} cam maps")
+    # ascending keys keep argmax ties resolving to the lower class index, as over 21 channels
+    keys, order = torch.sort(keys)
+    maps = maps[order.to(maps.device)]
+    maps = torch.cat([background_score(maps, alpha)[None], maps], dim=0)  # (K+1, H, W)
+    pad_h, pad_w = -height % STRIDE, -width % STRIDE
+    maps = F.pad(maps, (0, pad_w, 0, pad_h))
+    grid = F.avg_pool2d(maps[None], STRIDE, STRIDE)[0]                     # (K+1, h, w)
+    h, w = grid.shape[-2:]
+    if method == "sparse":
+        scores = random_walk(grid, aff, h, w, beta, logt, radius)
+    elif method == "dense":
+        dense = dense_affinity(aff, h, w, radius)
+        scores = random_walk_dense(grid.reshape(grid.shape[0], -1), dense, beta, logt)
+        scores = scores.reshape(-1, h, w)
+    else:
+        raise ValueError(f"unknown random walk method {method!r} (sparse or dense)")
+    up = F.interpolate(scores[None], size=(h * STRIDE, w * STRIDE), mode="bilinear",
+                       align_corners=False)[0]
+    # argmax over [bg, present keys ascending] picks the same as over all 21 channels: absent
+    # channels are exactly 0 and scores are >= 0, so ties resolve to the lower index either way
+    pick = up.argmax(dim=0)[:height, :width].cpu()
+    lookup = torch.cat([torch.zeros(1, dtype=torch.int64), keys + 1])
+    label = lookup[pick].numpy().astype(np.uint8)
+    full = scores.new_zeros(num_classes + 1, h, w)
+    full[0] = scores[0]
+    full[keys.to(scores.device) + 1] = scores[1:]
+    return label, full.float()

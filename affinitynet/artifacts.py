@@ -1,0 +1,263 @@
+"""Every path inside a work folder and every file format, in one place.
+
+Layout of a work folder (``RunConfig.workdir``)::
+
+    config.yaml                     final config of the last run
+    metrics.json                    evaluation summary of `affinitynet run`
+    classifier/                     stage 1: checkpoint.pt (resumable), final.pth, log.jsonl
+    cam/<image>.npz                 stage 2a: CAMs (format below)
+    cam_pred/<image>.png            stage 2a: CAM prediction (palette PNG)
+    aff_labels/<image>.png          stage 2b: confident labels (0 bg, c+1 object, 255 unsure)
+    affinity/                       stage 3: checkpoint.pt, final.pth, log.jsonl
+    pseudo_labels/<image>.png       stage 4: random-walk pseudo labels
+    vis/                            pictures of CAMs and labels
+
+CAM file format (``.npz``, no pickles), version 1:
+``version`` int (1), ``keys`` int64 (k,) class indices present in the image (ascending),
+``maps`` float16 (k, H, W) normalised CAMs in [0, 1], ``image_size`` int64 (2,) = (H, W),
+``num_classes`` int (the dataset's object classes).
+
+Every file is written atomically: a temporary file in the same folder, then ``os.replace``;
+so an interrupted stage never leaves a half-written output and a restart skips finished images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from affinitynet.errors import InputError
+
+CAM_FORMAT_VERSION = 1
+TMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """Paths of one pipeline run."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def affinity(self) -> Path:
+        return self.root / "affinity"
+
+    @property
+    def cam(self) -> Path:
+        return self.root / "cam"
+
+    @property
+    def cam_pred(self) -> Path:
+        return self.root / "cam_pred"
+
+    @property
+    def aff_labels(self) -> Path:
+        return self.root / "aff_labels"
+
+    @property
+    def pseudo_labels(self) -> Path:
+        return self.root / "pseudo_labels"
+
+    @property
+    def vis(self) -> Path:
+        return self.root / "vis"
+
+    def cam_file(self, name: str) -> Path:
+        return self.cam / f"{name}.npz"
+
+    @staticmethod
+    def png(folder: Path, name: str) -> Path:
+        return folder / f"{name}.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    On any error (including a full disk) the temporary file is removed and ``path`` is left
+    as it was, so readers never see half-written files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
+        os.replace(tmp_path, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
+            raise InputError(f"{path}: no space left on the device; nothing was written") from None
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (logs are append-only; a torn last line is skipped by read_jsonl)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    out = []
+    if not Path(path).exists():
+        return out
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def remove_stale_tmp(folder: str | Path) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.glob(TMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def pending(names: list[str], paths: list[Path]) -> list[str]:
+    """Names whose output file does not exist yet (resume: finished images are skipped)."""
+    return [n for n, p in zip(names, paths) if not p.exists()]
+
+
+# ----------------------------------------------------------------------------------------------
+# CAM files
+# ----------------------------------------------------------------------------------------------
+def save_cam(path: str | Path, keys: np.ndarray, maps: np.ndarray, num_classes: int) -> None:
+    """Write CAMs: keys (k,) class indices, maps (k, H, W) in [0, 1]."""
+    keys = np.asarray(keys, dtype=np.int64)
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
+        raise ValueError(f"maps {maps.shape} do not match keys {keys.shape}")
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        version=np.int64(CAM_FORMAT_VERSION),
+        keys=keys,
+        maps=maps.astype(np.float16),
+        image_size=np.asarray(maps.shape[1:], dtype=np.int64),
+        num_classes=np.int64(num_classes),
+    )
+    write_bytes(path, buf.getvalue())
+
+
+def load_cam(
+    path: str | Path, image_size: tuple[int, int] | None = None, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CAM file -> (keys int64 (k,), maps float32 (k, H, W)).
+
+    Raises InputError naming the file when it is unreadable, of another version, or made for
+    another image size or class count (e.g. a CAM folder from another dataset).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: CAM file does not exist (run make-cam first)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            version = int(z["version"])
+            keys = z["keys"].astype(np.int64)
+            maps = z["maps"].astype(np.float32)
+            size = tuple(int(v) for v in z["image_size"])
+            ncls = int(z["num_classes"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{path}: not a readable CAM file ({exc})") from None
+    if version != CAM_FORMAT_VERSION:
+        raise InputError(f"{path}: CAM format version {version}, expected {CAM_FORMAT_VERSION}")
+    if image_size is not None and tuple(image_size) != size:
+        raise InputError(
+            f"{path}: CAM made for a {size[0]}x{size[1]} image, but the image is "
+            f"{image_size[0]}x{image_size[1]} (CAMs from another dataset?)"
+        )
+    if num_classes is not None and ncls != num_classes:
+        raise InputError(f"{path}: CAM made for {ncls} classes, but the dataset has {num_classes}")
+    if keys.size and (keys.min() < 0 or keys.max() >= ncls):
+        raise InputError(f"{path}: CAM class indices {keys.tolist()} outside 0..{ncls - 1}")
+    return keys, maps
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save atomically. ``state`` holds tensors, numbers, strings, lists and dicts only, so
+    that it loads with ``weights_only=True``."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with ``weights_only=True``: a checkpoint from elsewhere can never run code."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: checkpoint does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a loadable checkpoint ({first})") from None

@@ -1,0 +1,147 @@
+"""Command line: ``affinitynet <command> ...``. Thin: parse flags into a config, call a stage.
+
+``main(argv)`` returns the exit status, so tests call it in-process. Errors the user can fix
+(``AffinityNetError``) print one line ``affinitynet: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any, Callable
+
+from affinitynet import config as C
+from affinitynet.errors import AffinityNetError
+
+PIPELINE_STAGES = {
+    # command: (module in affinitynet.stages, help)
+    "train-cam": ("train_cam", "stage 1: train the multi-label classifier"),
+    "make-cam": ("make_cam", "stage 2a: multi-scale CAMs (+ CAM prediction and evaluation)"),
+    "make-aff-labels": ("make_aff_labels", "stage 2b: dense-CRF confident labels for AffinityNet"),
+    "train-aff": ("train_aff", "stage 3: train AffinityNet"),
+    "random-walk": ("random_walk", "stage 4: random walk -> pseudo labels (+ evaluation)"),
+}
+
+
+def _stage(module: str) -> Any:
+    return importlib.import_module(f"affinitynet.stages.{module}")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file overriding the paper's defaults (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train_cam.backbone=vgg16 (repeatable)")
+    p.add_argument("--workdir", help="work folder (config key workdir)")
+    p.add_argument("--dataset", help="dataset root in VOC layout (config key dataset.root)")
+    p.add_argument("--device", help="auto, cpu, cuda (config key device)")
+
+
+def _run_config(args: argparse.Namespace) -> C.RunConfig:
+    sets = list(args.set)
+    for flag, key in (("workdir", "workdir"), ("dataset", "dataset.root"), ("device", "device")):
+        value = getattr(args, flag, None)
+        if value:
+            sets.append(f"{key}={value}")
+    sets = [_alias(s) for s in sets]
+    return C.load_config(C.RunConfig, args.config, sets)
+
+
+def _alias(item: str) -> str:
+    """``backbone=x`` is short for setting both networks' backbone (train_cam.backbone)."""
+    key, _, value = item.partition("=")
+    if key.strip() == "backbone":
+        return f"train_cam.backbone={value}"
+    return item
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="affinitynet",
+        description="AffinityNet (Ahn & Kwak, CVPR 2018): segmentation labels from image-level labels.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write the built-in synthetic dataset (VOC layout)")
+    p.add_argument("out")
+    p.add_argument("--train", type=int, default=C.SynthConfig.train)
+    p.add_argument("--val", type=int, default=C.SynthConfig.val)
+    p.add_argument("--seed", type=int, default=C.SynthConfig.seed)
+
+    p = sub.add_parser("prepare-voc", help="split lists and image labels for PASCAL VOC 2012 + SBD")
+    p.add_argument("--voc-root", required=True)
+    p.add_argument("--sbd-root", default="")
+    p.add_argument("--out", default="")
+    p.add_argument("--convert-sbd", action="store_true", help="write SBD .mat masks as PNGs")
+
+    p = sub.add_parser("evaluate", help="mIoU of palette-PNG predictions against ground truth")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", default="")
+
+    p = sub.add_parser("convert-weights", help="MXNet .params / Caffe .caffemodel -> .pth")
+    p.add_argument("input")
+    p.add_argument("output")
+
+    for name, (_, help_text) in PIPELINE_STAGES.items():
+        p = sub.add_parser(name, help=help_text)
+        _add_run_options(p)
+        if name in ("train-cam", "train-aff"):
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    p = sub.add_parser("run", help="the whole pipeline from one YAML config")
+    _add_run_options(p)
+
+    p = sub.add_parser("demo", help="synthetic data + whole pipeline with the tiny backbone, on CPU")
+    p.add_argument("--workdir", default="work/demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> Any:
+    cmd = args.command
+    if cmd == "synth":
+        return _stage("synth").run(C.SynthConfig(out=args.out, train=args.train, val=args.val, seed=args.seed))
+    if cmd == "prepare-voc":
+        return _stage("prepare_voc").run(C.PrepareVOCConfig(
+            voc_root=args.voc_root, sbd_root=args.sbd_root, out=args.out, convert_sbd=args.convert_sbd))
+    if cmd == "evaluate":
+        return _stage("evaluate").run(C.EvaluateConfig(
+            pred=args.pred, dataset=args.dataset, split=args.split, out=args.out))
+    if cmd == "convert-weights":
+        return _stage("convert_weights").run(C.ConvertWeightsConfig(input=args.input, output=args.output))
+    if cmd in PIPELINE_STAGES:
+        cfg = _run_config(args)
+        mod = _stage(PIPELINE_STAGES[cmd][0])
+        if cmd in ("train-cam", "train-aff"):
+            return mod.run(cfg, resume=args.resume)
+        return mod.run(cfg)
+    if cmd == "run":
+        from affinitynet import pipeline
+
+        return pipeline.run(_run_config(args))
+    if cmd == "demo":
+        from affinitynet import pipeline
+
+        return pipeline.demo(workdir=args.workdir, sets=[_alias(s) for s in args.set], device=args.device)
+    raise AssertionError(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _dispatch(args)
+    except AffinityNetError as exc:
+        print(f"affinitynet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("affinitynet: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

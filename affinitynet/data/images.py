@@ -1,0 +1,142 @@
+"""Robust image and label-map I/O: every bad file becomes one ``InputError`` naming it.
+
+``load_rgb`` returns (H, W, 3) uint8 RGB for any common input: grayscale, palette, CMYK, RGBA
+(the alpha channel is *dropped*, keeping the stored colours, as the original PSA's
+``PIL.Image.open(...).convert("RGB")`` does), 16-bit PNGs (scaled to 8 bits) and JPEGs with an
+EXIF orientation tag (rotated upright). Label maps are palette PNGs in the VOC palette whose
+pixel *indices* are the labels (0 = background, class index + 1, 255 = ignore).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from affinitynet.data.palette import VOC_COLORMAP, VOC_PALETTE
+from affinitynet.errors import InputError
+
+PathLike = str | os.PathLike
+
+
+def _open_decoded(path: PathLike) -> Image.Image:
+    """Open ``path`` and decode it fully (so truncated files fail here), or raise InputError."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file does not exist")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected an image file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: empty file (0 bytes)")
+    try:
+        img = Image.open(p)
+    except UnidentifiedImageError:
+        raise InputError(f"{p}: not an image file (Pillow cannot identify its format)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{p}: image too large ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot open image ({exc})") from None
+    try:
+        # Decoding everything now turns a truncated or corrupt stream into an error here rather
+        # than a silently grey bottom half (LOAD_TRUNCATED_IMAGES stays off on purpose).
+        img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{p}: truncated or corrupt image ({exc})") from None
+    return img
+
+
+def _to_uint8_rgb(img: Image.Image, path: PathLike) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale PNG (Pillow gives "I;16" or the 32-bit "I"): map 0..65535 to 0..255.
+        arr = np.asarray(img).astype(np.float64)
+        if mode == "I" and arr.size and arr.max() <= 255 and arr.min() >= 0:
+            gray = arr  # an 8-bit image stored in a 32-bit container
+        else:
+            gray = np.clip(arr, 0, 65535) / 257.0
+        gray = np.rint(gray).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+        gray = np.rint(np.clip(np.nan_to_num(arr) * scale, 0, 255)).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode != "RGB":
+        try:
+            # RGBA / LA / PA and palettes with transparency: convert("RGB") drops alpha.
+            img = img.convert("RGB")
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: unsupported image mode {mode} ({exc})") from None
+    return np.array(img, dtype=np.uint8)
+
+
+def load_rgb(path: PathLike) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB, upright according to its EXIF orientation.
+
+    Raises ``InputError("<path>: <reason>")`` for a missing, empty, truncated or non-image file.
+    """
+    img = _open_decoded(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block should not make the pixels unusable
+        pass
+    return _to_uint8_rgb(img, path)
+
+
+def save_label_png(path: PathLike, label: np.ndarray) -> None:
+    """Write an (H, W) uint8 label map as a palette PNG in the VOC palette (255 -> (224,224,192))."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
+    if label.dtype != np.uint8:
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise ValueError("label values must lie in 0..255")
+        label = label.astype(np.uint8)
+    height, width = label.shape
+    # The bytes are the palette indices themselves; only the colour table is added.
+    out = Image.frombytes("P", (width, height), np.ascontiguousarray(label).tobytes())
+    out.putpalette(VOC_PALETTE)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    out.save(path, format="PNG")
+
+
+_COLOR_TO_INDEX: dict[int, int] = {}
+for _i in range(255, -1, -1):  # lowest index wins if two indices shared a colour
+    _r, _g, _b = (int(v) for v in VOC_COLORMAP[_i])
+    _COLOR_TO_INDEX[(_r << 16) | (_g << 8) | _b] = _i
+
+
+def load_label_png(path: PathLike) -> np.ndarray:
+    """Read a label PNG as (H, W) uint8 label values.
+
+    Palette ("P") and grayscale ("L") PNGs give their stored indices/values directly. An RGB
+    picture drawn in the VOC palette is mapped back to indices (colours outside the palette are an
+    error). Errors name the file.
+    """
+    img = _open_decoded(path)
+    mode = img.mode
+    if mode in ("P", "L"):
+        return np.array(img, dtype=np.uint8)
+    if mode == "1":
+        return np.array(img, dtype=np.uint8)
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise InputError(f"{path}: label values outside 0..255 (max {int(arr.max())})")
+        return np.ascontiguousarray(arr.astype(np.uint8))
+    if mode in ("RGB", "RGBA"):
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint32)
+        codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        lut = np.empty(len(uniq), dtype=np.uint8)
+        for k, code in enumerate(uniq.tolist()):
+            if code not in _COLOR_TO_INDEX:
+                rgb_t = ((code >> 16) & 255, (code >> 8) & 255, code & 255)
+                raise InputError(f"{path}: colour {rgb_t} is not in the VOC palette; "
+                                 "expected a palette (indexed) or grayscale label PNG")
+            lut[k] = _COLOR_TO_INDEX[code]
+        return np.ascontiguousarray(lut[inverse.reshape(codes.shape)])
+    raise InputError(f"{path}: unsupported label image mode {mode}; expected a palette PNG")

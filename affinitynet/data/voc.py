@@ -1,0 +1,356 @@
+"""A dataset in PASCAL VOC layout: classes, split lists, image-level labels, ground truth.
+
+Layout under ``root`` (the VOC 2012 names)::
+
+    JPEGImages/<name>.jpg             images (.jpeg / .png also accepted)
+    Annotations/<name>.xml            object names -> image-level labels
+    SegmentationClass/<name>.png      ground-truth label maps (palette PNG), optional
+    SegmentationClassAug/<name>.png   SBD-augmented ground truth, used where the above is absent
+    ImageSets/Segmentation/<split>.txt
+    classes.txt                       optional; one object class per line (default: VOC's 20)
+    labels.json | labels.csv          optional image -> class names (instead of the XML)
+
+Label maps: 0 = background, class index + 1 for objects, 255 = ignore. Class vectors have one
+entry per object class (no background entry).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from affinitynet.data.images import load_label_png, load_rgb
+from affinitynet.data.transforms import normalize
+from affinitynet.errors import InputError
+
+log = logging.getLogger(__name__)
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+
+IGNORE_INDEX = 255
+_IMAGE_EXTS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
+_AUTO_LABEL_FILES = ("labels.json", "labels.csv")
+_CSV_HEADER_WORDS = {"image", "name", "filename", "file", "image_id", "id"}
+
+
+def read_list(path: Path) -> list[str]:
+    """Image names of a split list, in file order, duplicates dropped.
+
+    Accepts plain ``name`` lines and PSA's ``/JPEGImages/name.jpg /SegmentationClassAug/name.png``
+    lines (the stem of the first token is the name). Blank lines and ``#`` comments are skipped.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: split list does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read split list ({exc})") from None
+    names: list[str] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        token = line.split()[0]
+        name = Path(token).stem if ("/" in token or token.endswith(_IMAGE_EXTS)) else token
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def read_annotation(path: Path) -> list[str]:
+    """Object class names of a VOC annotation XML, in file order (repeats kept).
+
+    Every ``<object>``, including 'difficult' and 'truncated' ones, counts.
+    """
+    try:
+        tree = ET.parse(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: annotation does not exist") from None
+    except (ET.ParseError, OSError) as exc:
+        raise InputError(f"{path}: cannot parse annotation XML ({exc})") from None
+    return [(obj.findtext("name") or "").strip() for obj in tree.getroot().iter("object")]
+
+
+class VOCDataset:
+    """Read-only view of a dataset folder in VOC layout.
+
+    Args:
+        root: dataset folder.
+        labels_file: optional JSON (``{"img": ["cat", "dog"]}``) or CSV (``img,cat dog`` — the
+            first field is the image name, every further field is split on whitespace and ``;``,
+            so ``img,cat;dog`` and ``img,cat,dog`` work too) mapping images to class names. When
+            absent, ``root/labels.json`` or ``root/labels.csv`` is used if present, else
+            ``Annotations/<name>.xml``.
+    """
+
+    def __init__(self, root: str | os.PathLike, labels_file: str | os.PathLike | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: dataset folder does not exist")
+        self.classes: list[str] = self._read_classes()
+        self._class_index = {c: i for i, c in enumerate(self.classes)}
+        if labels_file:
+            self.labels_file: Path | None = Path(labels_file)
+            if not self.labels_file.is_file():
+                raise InputError(f"{self.labels_file}: labels file does not exist")
+        else:
+            self.labels_file = next((self.root / f for f in _AUTO_LABEL_FILES if (self.root / f).is_file()), None)
+        self._file_labels: dict[str, list[str]] | None = None
+        self._label_cache: dict[str, np.ndarray] = {}
+
+    # -- classes and splits ------------------------------------------------------------------
+    def _read_classes(self) -> list[str]:
+        path = self.root / "classes.txt"
+        if not path.is_file():
+            return list(VOC_CLASSES)
+        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        names = [n for n in names if n and not n.startswith("#")]
+        if names and names[0].lower() in ("background", "__background__"):
+            names = names[1:]  # background is implicit (label 0), never an object class
+        if not names:
+            raise InputError(f"{path}: lists no classes")
+        if len(set(names)) != len(names):
+            raise InputError(f"{path}: a class name is listed twice")
+        if len(names) > 254:
+            raise InputError(f"{path}: {len(names)} classes do not fit in uint8 label maps (max 254)")
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes (background not counted)."""
+        return len(self.classes)
+
+    def split_path(self, name: str) -> Path:
+        return self.root / "ImageSets" / "Segmentation" / f"{name}.txt"
+
+    def has_split(self, name: str) -> bool:
+        return self.split_path(name).is_file()
+
+    def split(self, name: str, check_images: bool = True) -> list[str]:
+        """Image names of split ``name`` (``ImageSets/Segmentation/<name>.txt``).
+
+        With ``check_images`` every listed image must have a file in ``JPEGImages``.
+        """
+        path = self.split_path(name)
+        if not path.is_file():
+            available = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+            hint = f" (available: {', '.join(available)})" if available else ""
+            raise InputError(f"{path}: split list '{name}' does not exist{hint}")
+        names = read_list(path)
+        if check_images:
+            for n in names:
+                self.image_path(n, where=path)
+        return names
+
+    # -- images --------------------------------------------------------------------------------
+    def image_path(self, name: str, where: Path | None = None) -> Path:
+        """Path of image ``name`` in ``JPEGImages`` (``.jpg`` first); InputError when missing."""
+        folder = self.root / "JPEGImages"
+        for ext in _IMAGE_EXTS:
+            p = folder / f"{name}{ext}"
+            if p.is_file():
+                return p
+        listed = f" (listed in {where})" if where else ""
+        raise InputError(f"{folder / (name + '.jpg')}: image '{name}' does not exist{listed}")
+
+    def load_image(self, name: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB image."""
+        return load_rgb(self.image_path(name))
+
+    # -- image-level labels ---------------------------------------------------------------------
+    def _names_to_vector(self, names: Sequence[str], image: str, source: Path) -> np.ndarray:
+        vec = np.zeros(self.num_classes, dtype=np.float32)
+        for cname in names:
+            idx = self._class_index.get(cname.strip())
+            if idx is None:
+                raise InputError(f"{source}: image '{image}' has unknown class '{cname}' "
+                                 f"(known: {', '.join(self.classes)})")
+            vec[idx] = 1.0
+        return vec
+
+    def _load_labels_file(self) -> dict[str, list[str]]:
+        path = self.labels_file
+        assert path is not None
+        out: dict[str, list[str]] = {}
+        if path.suffix.lower() == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InputError(f"{path}: not a valid JSON labels file ({exc})".splitlines()[0]) from None
+            if not isinstance(data, dict):
+                raise InputError(f"{path}: expected a JSON object {{image: [class names]}}")
+            for img, names in data.items():
+                if isinstance(names, str):
+                    names = re.split(r"[\s;,]+", names.strip()) if names.strip() else []
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise InputError(f"{path}: image '{img}': expected a list of class names, got {names!r}")
+                out[str(img)] = names
+        elif path.suffix.lower() == ".csv":
+            try:
+                with path.open(newline="", encoding="utf-8") as fh:
+                    rows = list(csv.reader(fh))
+            except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                raise InputError(f"{path}: cannot read CSV labels file ({exc})") from None
+            for k, row in enumerate(rows):
+                if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+                    continue
+                img = row[0].strip()
+                if k == 0 and img.lower() in _CSV_HEADER_WORDS:
+                    continue  # header row
+                names = [n for field in row[1:] for n in re.split(r"[\s;]+", field.strip()) if n]
+                out.setdefault(img, []).extend(names)
+        else:
+            raise InputError(f"{path}: labels file must be .json or .csv")
+        return out
+
+    def _xml_names(self, name: str) -> list[str]:
+        path = self.root / "Annotations" / f"{name}.xml"
+        if not path.is_file():
+            raise InputError(f"{path}: annotation of image '{name}' does not exist "
+                             "(give a labels file or add Annotations/*.xml)")
+        return read_annotation(path)
+
+    def image_labels(self, name: str) -> np.ndarray:
+        """(C,) float32 0/1 vector of the object classes present in image ``name``."""
+        cached = self._label_cache.get(name)
+        if cached is not None:
+            return cached.copy()
+        if self.labels_file is not None:
+            if self._file_labels is None:
+                self._file_labels = self._load_labels_file()
+            if name not in self._file_labels:
+                raise InputError(f"{self.labels_file}: has no labels for image '{name}'")
+            vec = self._names_to_vector(self._file_labels[name], name, self.labels_file)
+        else:
+            xml = self.root / "Annotations" / f"{name}.xml"
+            vec = self._names_to_vector(self._xml_names(name), name, xml)
+        self._label_cache[name] = vec
+        return vec.copy()
+
+    def label_names(self, name: str) -> list[str]:
+        """Names of the classes present in image ``name`` (dataset order)."""
+        vec = self.image_labels(name)
+        return [c for c, v in zip(self.classes, vec) if v > 0]
+
+    # -- ground truth --------------------------------------------------------------------------
+    def gt_path(self, name: str) -> Path | None:
+        """``SegmentationClass/<name>.png``, else ``SegmentationClassAug/<name>.png``, else None."""
+        for folder in ("SegmentationClass", "SegmentationClassAug"):
+            p = self.root / folder / f"{name}.png"
+            if p.is_file():
+                return p
+        return None
+
+    def has_gt(self, name: str) -> bool:
+        return self.gt_path(name) is not None
+
+    def load_gt(self, name: str) -> np.ndarray:
+        """(H, W) uint8 ground truth: 0 background, 1..C classes, 255 ignore."""
+        path = self.gt_path(name)
+        if path is None:
+            raise InputError(f"{self.root / 'SegmentationClass' / (name + '.png')}: "
+                             f"ground truth of image '{name}' does not exist")
+        gt = load_label_png(path)
+        bad = (gt > self.num_classes) & (gt != IGNORE_INDEX)
+        if bad.any():
+            raise InputError(f"{path}: label value {int(gt[bad].max())} is not a class "
+                             f"(0..{self.num_classes} or {IGNORE_INDEX})")
+        return gt
+
+
+# -----------------------------------------------------------------------------------------------
+# Torch datasets for the training stages
+# -----------------------------------------------------------------------------------------------
+class ClassificationDataset(Dataset):
+    """(image, image label, name) for training the classifier (paper Sec. 3.1).
+
+    Items: image float32 (3, h, w) from ``transform`` (uint8 HWC -> tensor; default: ImageNet
+    normalisation of the whole image), label float32 (C,) 0/1, name. Images without any class
+    label carry no training signal for a multi-label classifier and are skipped with a warning.
+    """
+
+    def __init__(self, voc: VOCDataset, names: Sequence[str],
+                 transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+        self.voc = voc
+        self.transform = transform
+        kept, empty = [], []
+        for n in names:
+            (kept if voc.image_labels(n).any() else empty).append(n)
+        if empty:
+            msg = (f"{len(empty)} image(s) without class labels skipped for classification: "
+                   f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
+            warnings.warn(msg, stacklevel=2)
+            log.warning(msg)
+        self.names: list[str] = kept
+        self.skipped: list[str] = empty
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        name = self.names[idx]
+        image = self.voc.load_image(name)
+        x = self.transform(image) if self.transform is not None else normalize(image, "imagenet")
+        return x, torch.from_numpy(self.voc.image_labels(name)), name
+
+
+class AffinityDataset(Dataset):
+    """(image, label map, name) for training AffinityNet (paper Sec. 3.3).
+
+    Reads the confident label map ``label_dir/<name>.png`` (0 background, other values object
+    regions — only equality matters —, 255 unknown), which must have the image's size.
+    ``joint_transform(image uint8 HWC, label uint8 HW)`` returns a tuple whose first item is the
+    image tensor and whose *last* item is the label the loss needs: for ``AffinityTransform`` that
+    is the stride-8 label map, uint8 (crop/8, crop/8). Without a transform: the normalised full
+    image and the full-resolution label.
+    """
+
+    def __init__(self, voc: VOCDataset, names: Sequence[str], label_dir: str | os.PathLike,
+                 joint_transform: Callable[[np.ndarray, np.ndarray], tuple] | None = None) -> None:
+        self.voc = voc
+        self.names = list(names)
+        self.label_dir = Path(label_dir)
+        if not self.label_dir.is_dir():
+            raise InputError(f"{self.label_dir}: label folder does not exist")
+        missing = [n for n in self.names if not (self.label_dir / f"{n}.png").is_file()]
+        if missing:
+            raise InputError(f"{self.label_dir / (missing[0] + '.png')}: label map missing "
+                             f"({len(missing)} of {len(self.names)} images have none)")
+        self.joint_transform = joint_transform
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        name = self.names[idx]
+        image = self.voc.load_image(name)
+        path = self.label_dir / f"{name}.png"
+        label = load_label_png(path)
+        if label.shape != image.shape[:2]:
+            raise InputError(f"{path}: label size {label.shape[1]}x{label.shape[0]} differs from "
+                             f"the image's {image.shape[1]}x{image.shape[0]}")
+        if self.joint_transform is None:
+            return normalize(image, "imagenet"), torch.from_numpy(label), name
+        out = self.joint_transform(image, label)
+        return out[0], out[-1], name
+
+
+# The brief's name for the same thing.
+SegmentationPairDataset = AffinityDataset

@@ -1,0 +1,76 @@
+"""Networks: backbones (ResNet-38, VGG-16, ResNet-50, tiny), the classifier/CAM and affinity
+heads, parameter groups, checkpoint loading, and the poly-lr optimizer.
+
+Every network has output stride 8 and exposes ``normalization``, ``feature_stride``,
+``param_groups()`` and a ``train()`` that keeps the paper's frozen layers frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from affinitynet.models.base import (Backbone, backbone_keys, check_state_dict,
+                                     load_backbone_state_dict, load_state_dict_strict)
+from affinitynet.models.heads import AffinityNet, ClassifierNet
+from affinitynet.models.optim import PolyOptimizer, build_optimizer, poly_lr
+from affinitynet.models.resnet38 import ResNet38, ResNet38AffinityNet, ResNet38Classifier
+from affinitynet.models.resnet50 import (ResNet50, ResNet50AffinityNet, ResNet50Classifier,
+                                         remap_resnet50_state_dict)
+from affinitynet.models.tiny import Tiny, TinyAffinityNet, TinyClassifier
+from affinitynet.models.vgg16 import VGG16, VGG16AffinityNet, VGG16Classifier
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone name stands for."""
+
+    name: str
+    classifier: type[ClassifierNet]
+    affinity: type[AffinityNet]
+    normalization: str  # "imagenet" or "caffe_bgr"
+    pretrained: str  # which ImageNet initialisation fits, for messages and docs
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet38": BackboneSpec("resnet38", ResNet38Classifier, ResNet38AffinityNet, "imagenet",
+                             "MXNet ilsvrc-cls_rna-a1_cls1000_ep-0001.params (Wu et al.), "
+                             "or PSA's res38_cls.pth / res38_aff.pth"),
+    "vgg16": BackboneSpec("vgg16", VGG16Classifier, VGG16AffinityNet, "caffe_bgr",
+                          "Caffe vgg16_20M.caffemodel (DeepLab-LargeFOV init), "
+                          "or PSA's vgg_cls.pth / vgg_aff.pth"),
+    "resnet50": BackboneSpec("resnet50", ResNet50Classifier, ResNet50AffinityNet, "imagenet",
+                             "torchvision ImageNet resnet50 or IRN res50_cam.pth "
+                             "(see remap_resnet50_state_dict)"),
+    "tiny": BackboneSpec("tiny", TinyClassifier, TinyAffinityNet, "imagenet",
+                         "none (trained from scratch)"),
+}
+
+
+def _spec(backbone: str) -> BackboneSpec:
+    try:
+        return BACKBONES[backbone]
+    except KeyError:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def build_classifier(backbone: str, num_classes: int = 20) -> ClassifierNet:
+    """Classification/CAM network on ``backbone``, in training mode (frozen layers frozen)."""
+    return _spec(backbone).classifier(num_classes=num_classes).train()
+
+
+def build_affinity_net(backbone: str) -> AffinityNet:
+    """AffinityNet on ``backbone``, in training mode (frozen layers frozen)."""
+    return _spec(backbone).affinity().train()
+
+
+__all__ = [
+    "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet",
+    "build_classifier", "build_affinity_net",
+    "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys",
+    "remap_resnet50_state_dict",
+    "PolyOptimizer", "build_optimizer", "poly_lr",
+    "ResNet38", "ResNet38Classifier", "ResNet38AffinityNet",
+    "VGG16", "VGG16Classifier", "VGG16AffinityNet",
+    "ResNet50", "ResNet50Classifier", "ResNet50AffinityNet",
+    "Tiny", "TinyClassifier", "TinyAffinityNet",
+]

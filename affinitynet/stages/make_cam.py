@@ -1,0 +1,112 @@
+"""Stage 2a: multi-scale + flip CAMs of every image (paper Sec. 3.1; PSA infer_cls.py).
+
+Writes ``cam/<image>.npz`` (format in artifacts.py) and, optionally, the CAM prediction with a
+constant background score as ``cam_pred/<image>.png``; then evaluates the prediction on the
+evaluation split and sweeps the background threshold. Finished images are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from affinitynet import artifacts, distributed
+from affinitynet.algorithms.cam import ThresholdSweep, cam_prediction, multiscale_cam
+from affinitynet.artifacts import WorkDir
+from affinitynet.config import RunConfig
+from affinitynet.data.images import save_label_png
+from affinitynet.data.transforms import normalize
+from affinitynet.errors import InputError
+from affinitynet.models import build_classifier
+from affinitynet.stages.common import infer_names, load_trained, open_dataset, todo
+
+
+class _ImageSource(torch.utils.data.Dataset):
+    """Decodes images in DataLoader workers so that loading overlaps the network."""
+
+    def __init__(self, voc, names: list[str]) -> None:
+        self.voc, self.names = voc, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray, np.ndarray]:
+        name = self.names[i]
+        return name, self.voc.load_image(name), self.voc.image_labels(name)
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    mc = cfg.make_cam
+    _, device = distributed.setup(cfg.device)
+    wd = WorkDir(cfg.workdir)
+    voc = open_dataset(cfg)
+    names = infer_names(cfg, voc)
+    net = build_classifier(cfg.train_cam.backbone, voc.num_classes)
+    load_trained(net, wd.classifier / "final.pth", "classifier")
+    net.eval().to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+
+    def cam_fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mc.amp and device.type == "cuda"):
+            return net.cam(x).float()
+
+    def norm(image: np.ndarray) -> torch.Tensor:
+        return normalize(image, net.normalization)
+
+    pending = todo(names, wd.cam_file, [wd.cam, wd.cam_pred])
+    t0 = time.time()
+    loader = torch.utils.data.DataLoader(
+        _ImageSource(voc, pending), batch_size=None, num_workers=mc.num_workers if pending else 0,
+        pin_memory=False,
+    )
+    for name, image, label in tqdm(loader, desc="make-cam", total=len(pending), dynamic_ncols=True,
+                                   disable=not distributed.current().is_main):
+        if label.sum() == 0:
+            raise InputError(f"image {name} has no class label: cannot infer its CAM")
+        keys, maps = multiscale_cam(cam_fn, image, label, norm, scales=mc.scales, flip=mc.flip, device=device)
+        if mc.save_pred:
+            save_label_png(wd.png(wd.cam_pred, name),
+                           cam_prediction(keys, maps, image.shape[:2], bg_score=mc.bg_score))
+        # the CAM file is written last: its presence marks the image as done
+        artifacts.save_cam(wd.cam_file(name), keys, maps, voc.num_classes)
+    distributed.barrier()
+    seconds = time.time() - t0
+    result: dict[str, Any] = {"images": len(pending), "seconds": seconds}
+    if distributed.current().is_main:
+        result.update(evaluate(cfg, voc))
+    return result
+
+
+def evaluate(cfg: RunConfig, voc) -> dict[str, Any]:
+    """CAM prediction mIoU on the evaluation split, and the background-threshold sweep."""
+    from affinitynet.stages.evaluate import evaluate_folder
+
+    wd = WorkDir(cfg.workdir)
+    names = [n for n in voc.split(cfg.dataset.eval_split) if voc.has_gt(n)]
+    if not names:
+        return {}
+    out: dict[str, Any] = {}
+    if cfg.make_cam.save_pred:
+        out.update(evaluate_folder(wd.cam_pred, voc, names))
+    if cfg.make_cam.sweep:
+        sweep = ThresholdSweep(voc.num_classes + 1)
+        for name in names:
+            gt = voc.load_gt(name)
+            keys, maps = artifacts.load_cam(wd.cam_file(name), gt.shape, voc.num_classes)
+            sweep.add(keys, maps, gt)
+        res = sweep.result()
+        out["sweep"] = {
+            "thresholds": [round(float(t), 2) for t in res["thresholds"]],
+            "miou": [round(100 * float(m), 2) for m in res["miou"]],
+        }
+        out["best_threshold"] = res["best_threshold"]
+        out["best_miou"] = 100 * res["best_miou"]
+    return out

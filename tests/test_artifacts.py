@@ -1,0 +1,71 @@
+"""Artifact formats: CAM files, atomic writes, checkpoints that never run code."""
+
+import errno
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from affinitynet import artifacts
+from affinitynet.errors import InputError
+
+
+def test_cam_round_trip_and_checks(tmp_path):
+    keys = np.array([2, 7])
+    maps = np.random.default_rng(0).random((2, 13, 17)).astype(np.float32)
+    path = tmp_path / "a.npz"
+    artifacts.save_cam(path, keys, maps, num_classes=20)
+    k, m = artifacts.load_cam(path, (13, 17), 20)
+    assert k.tolist() == [2, 7] and m.dtype == np.float32
+    np.testing.assert_allclose(m, maps, atol=1e-3)
+    with pytest.raises(InputError, match=r"a\.npz.*13x17.*12x17"):
+        artifacts.load_cam(path, (12, 17), 20)
+    with pytest.raises(InputError, match="21"):
+        artifacts.load_cam(path, (13, 17), 21)
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(InputError, match="bad.npz"):
+        artifacts.load_cam(tmp_path / "bad.npz")
+    with pytest.raises(InputError, match="does not exist"):
+        artifacts.load_cam(tmp_path / "missing.npz")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with artifacts.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_disk_full_is_a_clear_error(tmp_path):
+    target = tmp_path / "x.png"
+    with pytest.raises(InputError, match="no space left"):
+        with artifacts.atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_weights_only(tmp_path):
+    path = tmp_path / "c.pt"
+    artifacts.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "epoch": 3})
+    assert artifacts.load_checkpoint(path)["epoch"] == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, evil, pickle_module=pickle)
+    with pytest.raises(InputError, match="evil.pth"):
+        artifacts.load_checkpoint(evil)
+
+
+def test_remove_stale_tmp(tmp_path):
+    (tmp_path / (artifacts.TMP_PREFIX + "a.png.123")).write_bytes(b"")
+    (tmp_path / "b.png").write_bytes(b"")
+    assert artifacts.remove_stale_tmp(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["b.png"]

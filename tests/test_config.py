@@ -1,0 +1,55 @@
+"""Config: paper defaults, YAML and --set overrides, validation naming the key."""
+
+import pytest
+
+from affinitynet import config as C
+from affinitynet.errors import ConfigError
+
+
+def test_paper_defaults():
+    cfg = C.RunConfig()
+    assert (cfg.train_cam.lr, cfg.train_cam.weight_decay, cfg.train_cam.batch_size, cfg.train_cam.epochs) == (0.1, 5e-4, 16, 15)
+    assert cfg.train_cam.crop == 448 and cfg.train_cam.resize_long == (256, 512)
+    assert cfg.make_cam.scales == (1.0, 0.5, 1.5, 2.0)
+    assert (cfg.aff_labels.low_alpha, cfg.aff_labels.high_alpha) == (4.0, 32.0)
+    assert (cfg.train_aff.batch_size, cfg.train_aff.epochs, cfg.train_aff.radius) == (8, 8, 5)
+    assert (cfg.random_walk.alpha, cfg.random_walk.beta, cfg.random_walk.logt) == (16.0, 8.0, 8)
+
+
+def test_yaml_and_set_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("workdir: /tmp/x\ntrain_cam:\n  backbone: vgg16\n  resize_long: [100, 200]\n")
+    cfg = C.load_config(C.RunConfig, f, ["random_walk.beta=4", "dataset.infer_splits=[a,b]"])
+    assert cfg.workdir == "/tmp/x" and cfg.train_cam.backbone == "vgg16"
+    assert cfg.train_cam.resize_long == (100, 200)
+    assert cfg.random_walk.beta == 4.0 and isinstance(cfg.random_walk.beta, float)
+    assert cfg.dataset.infer_splits == ["a", "b"]
+    # round trip through the YAML written into a work folder
+    g = tmp_path / "d.yaml"
+    g.write_text(C.dump_yaml(cfg))
+    assert C.load_config(C.RunConfig, g) == cfg
+
+
+@pytest.mark.parametrize("sets, key", [
+    (["random_walk.bogus=1"], "random_walk.bogus"),
+    (["nope=1"], "nope"),
+    (["random_walk.beta=-1"], "random_walk.beta"),
+    (["random_walk.logt=21"], "random_walk.logt"),
+    (["train_aff.radius=0"], "train_aff.radius"),
+    (["train_cam.epochs=abc"], "train_cam.epochs"),
+    (["train_cam.amp=maybe"], "train_cam.amp"),
+    (["train_cam.resize_long=[1,2,3]"], "train_cam.resize_long"),
+    (["random_walk.method=magic"], "method"),
+])
+def test_bad_values_name_the_key(sets, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        C.load_config(C.RunConfig, None, sets)
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        C.load_config(C.RunConfig, f)
+    with pytest.raises(ConfigError, match="does not exist"):
+        C.load_config(C.RunConfig, tmp_path / "missing.yaml")
