@@ -4,8 +4,10 @@ Usage: python benchmarks/bench_random_walk.py [--repeats 3] [--dense-max-seconds
                                               [--dense-max-gb 4] [--grids 32,64,128,256]
 
 Prints a markdown table. Every (method, grid) case runs in its own subprocess so that peak
-memory is the child's ru_maxrss growth over a baseline taken after imports, input creation and
-a warm-up (torch allocations are invisible to tracemalloc). Inputs are synthetic scenes on the
+memory is the child's ru_maxrss growth over a baseline taken after imports, loading the inputs
+(built by the parent and saved to .npy) and a warm-up; torch allocations are invisible to
+tracemalloc. The whole-process peak is printed too: freed memory that malloc keeps can hide
+part of a small walk's growth. The 8x upsampling for label agreement happens after the peak is read. Inputs are synthetic scenes on the
 stride-8 grid: Voronoi regions with one class each or background, affinities from one-hot
 region features (low across region borders), CAMs covering about half of each object, and
 background (1 - max)^16. Label agreement compares the argmax after the 8x bilinear
@@ -78,15 +80,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def child(method: str, height: int, width: int, num_classes: int, repeats: int,
-          out_path: str) -> None:
-    cams, aff = make_case(height, width, num_classes)
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+def child(method: str, height: int, width: int, repeats: int, case_dir: str) -> None:
+    # inputs come from files so that building them does not raise the baseline peak
+    cams = torch.from_numpy(np.load(f"{case_dir}/cams.npy"))
+    aff = torch.from_numpy(np.load(f"{case_dir}/aff.npy"))
     k = cams.shape[0]
     # warm-up on a tiny grid so thread pools and kernels are loaded before the baseline
     small_cams, small_aff = make_case(12, 12, 1)
     random_walk(small_cams, small_aff, 12, 12, BETA, LOGT)
     random_walk_dense(small_cams.reshape(2, -1), dense_affinity(small_aff, 12, 12), BETA, LOGT)
-    base = peak_rss_mb()
+    base = current_rss_mb()
     times = []
     for _ in range(repeats if method == "sparse" else 1):
         start = time.perf_counter()
@@ -98,15 +109,15 @@ def child(method: str, height: int, width: int, num_classes: int, repeats: int,
             scores = scores.reshape(k, height, width)
             del dense
         times.append(time.perf_counter() - start)
-    peak = peak_rss_mb() - base  # before the upsampling, which is not part of the walk
-    np.save(out_path, upsampled_label(scores))
-    print(json.dumps({"time_s": float(np.median(times)), "peak_mb": peak}))
+    peak = peak_rss_mb()  # read before the upsampling, which is not part of the walk
+    np.save(f"{case_dir}/label_{method}.npy", upsampled_label(scores))
+    print(json.dumps({"time_s": float(np.median(times)), "peak_mb": max(peak - base, 0.0),
+                      "abs_peak_mb": peak}))
 
 
-def run_child(method: str, height: int, width: int, num_classes: int, repeats: int,
-              out_path: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, str(height), str(width),
-           str(num_classes), str(repeats), out_path]
+def run_child(method: str, height: int, width: int, repeats: int, case_dir: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, str(height), str(width), str(repeats),
+           case_dir]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -119,15 +130,15 @@ def fmt_time(t: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help="sparse runs per case (median)")
     parser.add_argument("--dense-max-seconds", type=float, default=120.0)
     parser.add_argument("--dense-max-gb", type=float, default=4.0)
     parser.add_argument("--grids", default="32,64,128,256", help="square grid sides")
     args = parser.parse_args(argv)
     if args.child:
-        method, h, w, k, rep, out = args.child
-        child(method, int(h), int(w), int(k), int(rep), out)
+        method, h, w, rep, case_dir = args.child
+        child(method, int(h), int(w), int(rep), case_dir)
         return 0
 
     cases = [(47, 63, 20, "VOC 500x375, 20 classes"), (47, 63, 2, "VOC 500x375, 2 present")]
@@ -136,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average at start "
           f"{os.getloadavg()[0]:.1f}; sparse runs single-threaded (default), dense with "
           f"{torch.get_num_threads()} threads\n")
+    print("Peak memory: growth of peak RSS over the RSS before the walk (whole-process peak "
+          "RSS in MB, python + torch included, in brackets).\n")
     print("| case | grid h x w (n) | channels | dense time | dense peak | sparse time | "
           "sparse peak | speedup | label agreement |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -144,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for h, w, k, name in cases:
             n = h * w
-            sparse = run_child("sparse", h, w, k, args.repeats, f"{tmp}/s.npy")
+            cams, aff = make_case(h, w, k)
+            np.save(f"{tmp}/cams.npy", cams.numpy())
+            np.save(f"{tmp}/aff.npy", aff.numpy())
+            sparse = run_child("sparse", h, w, args.repeats, tmp)
             need_gb = 3 * n * n * 4 / 1e9
             est = dense_ref[1] * (n / dense_ref[0]) ** 3 if dense_ref else 0.0
             if need_gb > args.dense_max_gb:
@@ -152,20 +168,23 @@ def main(argv: list[str] | None = None) -> int:
             elif est > args.dense_max_seconds:
                 dense = {"skip": f"n/a (est. {est / 60:.0f} min, {need_gb:.1f} GB)"}
             else:
-                dense = run_child("dense", h, w, k, 1, f"{tmp}/d.npy")
+                dense = run_child("dense", h, w, 1, tmp)
                 if "time_s" in dense and (dense_ref is None or n > dense_ref[0]):
                     dense_ref = (n, dense["time_s"])
             if "time_s" in dense and "time_s" in sparse:
-                agree = float((np.load(f"{tmp}/s.npy") == np.load(f"{tmp}/d.npy")).mean())
+                agree = float((np.load(f"{tmp}/label_sparse.npy")
+                               == np.load(f"{tmp}/label_dense.npy")).mean())
                 speed = f"{dense['time_s'] / sparse['time_s']:.0f}x"
                 agree_s = f"{100 * agree:.3f} %"
             else:
                 speed, agree_s = "n/a", "n/a"
             d_time = fmt_time(dense["time_s"]) if "time_s" in dense else dense.get(
                 "skip", dense.get("error"))
-            d_mem = f"{dense['peak_mb']:.0f} MB" if "peak_mb" in dense else "n/a"
+            d_mem = (f"{dense['peak_mb']:.0f} MB ({dense['abs_peak_mb']:.0f})"
+                     if "peak_mb" in dense else "n/a")
             s_time = fmt_time(sparse["time_s"]) if "time_s" in sparse else sparse["error"]
-            s_mem = f"{sparse['peak_mb']:.0f} MB" if "peak_mb" in sparse else "n/a"
+            s_mem = (f"{sparse['peak_mb']:.0f} MB ({sparse['abs_peak_mb']:.0f})"
+                     if "peak_mb" in sparse else "n/a")
             print(f"| {name} | {h} x {w} ({n}) | {k + 1} | {d_time} | {d_mem} | {s_time} | "
                   f"{s_mem} | {speed} | {agree_s} |", flush=True)
             results[(h, w, k)] = (dense, sparse)
@@ -180,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if (128, 128, 20) in results:
         sparse = results[(128, 128, 20)][1]
         if "time_s" in sparse:
-            ok = sparse["time_s"] < 30 and sparse["peak_mb"] < 1024
-            print(f"- 128x128 grid, 21 channels: < 30 s and < 1 GB peak "
-                  f"({fmt_time(sparse['time_s'])}, {sparse['peak_mb']:.0f} MB): "
+            ok = sparse["time_s"] < 30 and sparse["abs_peak_mb"] < 1024
+            print(f"- 128x128 grid, 21 channels: < 30 s and < 1 GB peak, whole process "
+                  f"({fmt_time(sparse['time_s'])}, {sparse['abs_peak_mb']:.0f} MB): "
                   f"{'met' if ok else 'NOT met'}")
     return 0
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from affinitynet.algorithms.affinity import dense_affinity
 from affinitynet.errors import InputError
 from affinitynet.models import (BACKBONES, build_affinity_net, build_classifier, build_optimizer,
                                 load_backbone_state_dict, load_state_dict_strict,
@@ -116,6 +117,10 @@ def test_networks_match_original(path):
         features = aff(x)
     assert features.shape == (1, 448, h, w)
     assert rel_err(features, golden["aff_features"]) <= 1e-4
+    with torch.no_grad():
+        pair_aff = aff.affinity(x)
+    assert rel_err(pair_aff, golden["aff"]) <= 1e-4
+    assert rel_err(dense_affinity(pair_aff[0], h, w), golden["aff_dense"]) <= 1e-4
 
 
 # -- checkpoint loading ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from affinitynet.models.base import (Backbone, backbone_keys, check_state_dict,
                                      load_backbone_state_dict, load_state_dict_strict)
-from affinitynet.models.heads import AffinityNet, ClassifierNet
+from affinitynet.models.heads import AffinityNet, ClassifierNet, pair_affinity
 from affinitynet.models.optim import PolyOptimizer, build_optimizer, poly_lr
 from affinitynet.models.resnet38 import ResNet38, ResNet38AffinityNet, ResNet38Classifier
 from affinitynet.models.resnet50 import (ResNet50, ResNet50AffinityNet, ResNet50Classifier,
@@ -64,7 +64,7 @@ def build_affinity_net(backbone: str) -> AffinityNet:
 
 
 __all__ = [
-    "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet",
+    "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet", "pair_affinity",
     "build_classifier", "build_affinity_net",
     "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys",
     "remap_resnet50_state_dict",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from torch import nn
 
+from affinitynet.algorithms.affinity import affinity_from_features
 from affinitynet.models.base import Backbone
 
 #: output channels of f8_3, f8_4, f8_5 (Ahn & Kwak 2018, Sec. 4.1: 64, 128, 256 -> 448)
@@ -103,3 +105,18 @@ class AffinityNet(Backbone):
                  else (nn.Identity(),) * 3)
         parts = [F.elu(norm(conv(level))) for level, conv, norm in zip(levels, convs, norms)]
         return F.elu(self.f9(torch.cat(parts, dim=1)))
+
+    def affinity(self, x: torch.Tensor, radius: int = 5) -> torch.Tensor:
+        """(B,3,H,W) normalised image -> pair affinities (B, n_offsets, n_from) in (0, 1]."""
+        return pair_affinity(self(x), radius)
+
+
+def pair_affinity(features: torch.Tensor, radius: int = 5) -> torch.Tensor:
+    """Affinities the original computes from AffinityNet features (B, 448, h, w).
+
+    The reference outputs (``../shared/golden/net_*``: ``aff`` vs ``aff_features``) measure the
+    L1 distance on ELU of the features returned by ``forward`` (itself an ELU output), i.e. one
+    more ELU than the original source reads; we reproduce the reference numbers, so that released
+    AffinityNet weights give the original's affinities.
+    """
+    return affinity_from_features(F.elu(features), radius)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.affinity import affinity_from_features
 from affinitynet.algorithms.random_walk import STRIDE, propagate_cams
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
@@ -38,8 +37,7 @@ def image_affinity(net: torch.nn.Module, image: np.ndarray, radius: int, device:
     x = normalize(image, net.normalization)[None]
     height, width = image.shape[:2]
     x = F.pad(x, (0, -width % STRIDE, 0, -height % STRIDE))  # zero padding, as the original
-    features = net(x.to(device)).float()
-    return affinity_from_features(features, radius)[0]
+    return net.affinity(x.to(device), radius).float()[0]
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from affinitynet import distributed, training
-from affinitynet.algorithms.affinity import affinity_from_features, affinity_labels, affinity_loss
+from affinitynet.algorithms.affinity import affinity_labels, affinity_loss
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.data.transforms import AffinityTransform
 from affinitynet.data.voc import AffinityDataset
-from affinitynet.models import build_affinity_net
+from affinitynet.models import build_affinity_net, pair_affinity
 from affinitynet.stages.common import infer_names, open_dataset
 from affinitynet.stages.random_walk import aff_backbone
 
@@ -53,8 +53,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         image, grid_label = batch[0].to(device, non_blocking=True), batch[1]
-        features = model(image).float()
-        aff = affinity_from_features(features, ta.radius)
+        aff = pair_affinity(model(image).float(), ta.radius)  # model(): DDP syncs only forward()
         bg_pos, fg_pos, neg = (t.to(device) for t in affinity_labels(grid_label, ta.radius))
         return affinity_loss(aff, bg_pos, fg_pos, neg)
 
