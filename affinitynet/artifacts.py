@@ -212,6 +212,8 @@ def load_cam(
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: CAM file does not exist (run make-cam first)")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a readable CAM file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             version = int(z["version"])
@@ -243,8 +245,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     that it loads with ``weights_only=True``."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # through a Python file object: a full disk then raises OSError(ENOSPC), which
+        # atomic_path reports; torch.save(state, path) would raise an opaque RuntimeError
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -259,5 +263,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a loadable checkpoint ({first})") from None
+        raise InputError(f"{path}: not a loadable checkpoint ({torch_load_error(exc)})") from None
+
+
+def torch_load_error(exc: BaseException) -> str:
+    """A one-line reason for a failed ``torch.load``; a file that holds Python objects (maybe
+    malicious) is named as such instead of torch's long advice to load it unsafely."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds the Python object {found.group(1)}; loading with weights_only=True "
+                "refuses to run it. Load only tensors from files you trust")
+    if "Weights only load failed" in text:
+        return "it holds Python objects other than tensors; loading with weights_only=True refuses them"
+    # the first sentence: torch appends paragraphs of advice to a corrupt archive's message
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import Any, Callable
@@ -129,13 +130,40 @@ def _dispatch(args: argparse.Namespace) -> Any:
     raise AssertionError(cmd)
 
 
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives wrapped
+    in "Caught X in DataLoader worker process N. Original Traceback ..."; keep the original
+    message, i.e. the traceback's last line without the exception's name."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if text.startswith("Caught ") and "Original Traceback" in text and lines:
+        last = lines[-1]
+        name = type(exc).__name__
+        for prefix in (f"{type(exc).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                last = last[len(prefix):]
+                break
+        return last
+    return " ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         _dispatch(args)
     except AffinityNetError as exc:
-        print(f"affinitynet: error: {exc}", file=sys.stderr)
+        print(f"affinitynet: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # a full disk or an unwritable work folder outside the atomic writers (e.g. a log append)
+        if exc.errno not in _USER_OS_ERRORS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"affinitynet: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("affinitynet: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)

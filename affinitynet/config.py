@@ -166,6 +166,9 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------
 # Validation, YAML, --set overrides
 # --------------------------------------------------------------------------------------------
+# names of affinitynet.models.BACKBONES (kept here so that validation needs no torch import)
+BACKBONE_NAMES: tuple[str, ...] = ("resnet38", "vgg16", "resnet50", "tiny")
+
 # key suffix -> (low, high) inclusive bounds, checked on every config after overrides
 RANGES: dict[str, tuple[float, float]] = {
     "beta": (1e-6, 1e3),
@@ -173,7 +176,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "low_alpha": (0.0, 1e3),
     "high_alpha": (0.0, 1e3),
     "logt": (0, 20),
-    "radius": (1, 32),
+    "radius": (2, 32),  # radius 1 has no pairs (offsets need dx^2 + dy^2 < radius^2)
     "batch_size": (1, 1 << 16),
     "epochs": (0, 1 << 16),
     "lr": (0.0, 100.0),
@@ -300,6 +303,15 @@ def validate(cfg: Any, prefix: str = "") -> None:
         lo, hi = cfg.resize_long
         if not 8 <= lo <= hi:
             raise ConfigError(f"config key '{prefix}resize_long' = {cfg.resize_long}: need 8 <= low <= high")
+    if isinstance(cfg, (TrainCamConfig, TrainAffConfig)) and cfg.backbone not in (*BACKBONE_NAMES, ""):
+        raise ConfigError(f"config key '{prefix}backbone' = {cfg.backbone!r}: choose one of "
+                          f"{', '.join(BACKBONE_NAMES)}")
+    if isinstance(cfg, TrainCamConfig) and not cfg.backbone:
+        raise ConfigError(f"config key '{prefix}backbone' is empty: choose one of {', '.join(BACKBONE_NAMES)}")
+    if isinstance(cfg, TrainAffConfig) and cfg.crop < 8 * (2 * cfg.radius - 1):
+        # the crop's stride-8 grid must hold one pair of every offset (width 2*radius-1 cells)
+        raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
+                          f"need at least {8 * (2 * cfg.radius - 1)}")
     if isinstance(cfg, MakeCamConfig) and (not cfg.scales or min(cfg.scales) <= 0):
         raise ConfigError(f"config key '{prefix}scales' = {cfg.scales}: need positive scales")
     if isinstance(cfg, RandomWalkConfig) and cfg.method not in ("sparse", "dense"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Sequence, TypeVar
 
 import torch
@@ -52,7 +53,9 @@ def setup(device: str = "auto") -> tuple[Dist, torch.device]:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend)
+        # rank 0 alone evaluates while the others wait at a barrier: allow long evaluations
+        minutes = float(os.environ.get("AFFINITYNET_DIST_TIMEOUT_MIN", "60"))
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=minutes))
     return Dist(rank, world, local), dev
 
 
@@ -68,16 +71,35 @@ def barrier() -> None:
 
 
 def shard(items: Sequence[T], d: Dist | None = None) -> list[T]:
-    """This rank's share of ``items`` (every item exactly once across ranks)."""
+    """This rank's share of ``items``: every ``world_size``-th item from ``rank`` on, so every
+    item is taken exactly once across ranks and the shares differ in length by at most one."""
     d = d or current()
     return list(items[d.rank :: d.world_size])
 
 
+def local_world_size() -> int:
+    """Processes of this job on this node (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def trains_batchnorm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` updates batch-norm statistics while training (the tiny backbone does;
+    ResNet-38 / VGG-16 / ResNet-50 keep BN in eval mode, as PSA and IRN)."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return has_bn and not getattr(model, "freeze_batchnorm", False)
+
+
 def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = True) -> torch.nn.Module:
-    """DistributedDataParallel (with SyncBatchNorm where BN is trained) when running distributed."""
+    """DistributedDataParallel when running distributed; else ``model`` itself.
+
+    BN layers become SyncBatchNorm (statistics over the global batch) only where BN is trained
+    and the device is CUDA: torch's SyncBatchNorm cannot train on CPU, so gloo/CPU runs keep
+    per-rank BN statistics (DDP broadcasts rank 0's running statistics every step). Frozen BN
+    is left alone, which also keeps ``Backbone.train()`` holding it in eval mode.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return model
-    if sync_bn:
+    if sync_bn and device.type == "cuda" and trains_batchnorm(model):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)

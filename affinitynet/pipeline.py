@@ -69,7 +69,8 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
         t0 = time.time()
         if final is not None:
             if final.exists():
-                print(f"[{name}] done already ({final}), skipped")
+                if d.is_main:
+                    print(f"[{name}] done already ({final}), skipped")
                 results[name] = {}
             else:
                 results[name] = stage.run(cfg, resume=True)
@@ -134,11 +135,15 @@ def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, devic
     cfg = demo_config(workdir, sets, device)
     root = Path(cfg.dataset.root)
     data = {**DEMO_DATA, **(data or {})}
-    if not (root / "ImageSets" / "Segmentation" / "val.txt").exists():
+    d, _ = distributed.setup(cfg.device)
+    # under torchrun rank 0 alone writes the dataset; the others wait for it
+    if d.is_main and not (root / "ImageSets" / "Segmentation" / "val.txt").exists():
         synth.run(C.SynthConfig(out=str(root), train=data["train"], val=data["val"], seed=data["seed"]))
+    distributed.barrier()
     metrics = run(cfg)
-    print(comparison_table(metrics))
-    print(f"demo finished in {time.time() - t0:.0f} s; everything is in {cfg.workdir}")
+    if d.is_main:
+        print(comparison_table(metrics))
+        print(f"demo finished in {time.time() - t0:.0f} s; everything is in {cfg.workdir}")
     return metrics
 
 

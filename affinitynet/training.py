@@ -4,6 +4,7 @@ finite-loss guard, and the per-step metrics log. Each stage keeps its own plain 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import math
 import random
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from affinitynet.errors import AffinityNetError
+from affinitynet.errors import AffinityNetError, InputError
 
 
 class TrainingDiverged(AffinityNetError):
@@ -71,7 +72,17 @@ def load_backbone_weights(net: torch.nn.Module, path: str) -> list[str]:
     from affinitynet.models import load_backbone_state_dict
     from affinitynet.weights import load_weights
 
-    return load_backbone_state_dict(net, load_weights(path))
+    try:
+        return load_backbone_state_dict(net, load_weights(path))
+    except InputError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of one epoch's augmentation on one rank; depends only on (seed, epoch, rank)."""
+    return seed * 100_003 + epoch + 7_919 * rank
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int,
@@ -81,7 +92,9 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
     g = torch.Generator()
-    g.manual_seed(seed * 100_003 + epoch)
+    # the rank term gives each rank its own worker augmentation stream (rank 0 = single process);
+    # the DistributedSampler's permutation must be the same on every rank, so it uses (seed, epoch)
+    g.manual_seed(_epoch_seed(seed, epoch, dist_info.rank))
     if dist_info.enabled:
         sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                      shuffle=shuffle, seed=seed, drop_last=drop_last)
@@ -119,6 +132,9 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
     if len(train_set) == 0:
         raise AffinityNetError(f"{desc}: the training split has no usable image")
     per_rank = max(1, batch_size // dist_info.world_size)
+    if dist_info.is_main and per_rank * dist_info.world_size != batch_size:
+        print(f"{desc}: batch size {batch_size} is global; {dist_info.world_size} ranks take "
+              f"{per_rank} images each, i.e. {per_rank * dist_info.world_size} per step")
     drop_last = len(train_set) >= per_rank * dist_info.world_size
     steps_per_epoch = len(_loader(train_set, per_rank, True, seed, 0, 0, torch.device("cpu"), dist_info, drop_last))
     max_step = max(1, steps_per_epoch * epochs)
@@ -127,12 +143,12 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
     optimizer = build_optimizer(net, lr=lr, weight_decay=weight_decay, max_step=max_step,
                                 momentum=None if momentum < 0 else momentum)
     start_epoch, step = 0, 0
+    last_good = ""  # the checkpoint a divergence falls back to: only one this run wrote or resumed
     if resume and ckpt_path.exists():
-        state = artifacts.load_checkpoint(ckpt_path)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        set_rng_state(state["rng"])
+        start_epoch, step = _resume(ckpt_path, net, optimizer, desc)
+        last_good = str(ckpt_path)
+        if dist_info.is_main:
+            _truncate_log(log_path, step)
     elif resume and dist_info.is_main:
         print(f"{desc}: no checkpoint in {out_dir}, starting from scratch")
     if not resume and dist_info.is_main and log_path.exists():
@@ -142,7 +158,8 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
         model = torch.compile(model)
     history: list[dict[str, Any]] = []
     for epoch in range(start_epoch, epochs):
-        torch.manual_seed(seed * 100_003 + epoch)  # augmentation in the main process (num_workers=0)
+        # augmentation in the main process (num_workers=0); each rank its own stream
+        torch.manual_seed(_epoch_seed(seed, epoch, dist_info.rank))
         loader = _loader(train_set, per_rank, True, seed, epoch, num_workers, device, dist_info, drop_last)
         model.train()
         total, count, t_epoch = 0.0, 0, time.time()
@@ -151,12 +168,15 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
         for batch in bar:
             with autocast(device, amp):
                 loss, extra = loss_fn(model, batch)
-            check_finite(loss, step, epoch, str(ckpt_path) if ckpt_path.exists() else "")
+            # the mean over ranks is the loss of the global batch; every rank sees the same value,
+            # so a diverged run stops on all ranks together instead of hanging in the all-reduce
+            loss_global = distributed.all_reduce_mean(loss.detach().float())
+            check_finite(loss_global, step, epoch, last_good)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            value = float(loss.detach())
+            value = float(loss_global)
             total, count = total + value, count + 1
             lr_now = optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_now:.2e}")
@@ -166,7 +186,8 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
         record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": total / max(count, 1),
                   "seconds": time.time() - t_epoch}
         if val_set is not None and len(val_set):
-            record["val_loss"] = evaluate_loss(model, val_set, loss_fn, per_rank, device, amp, dist_info)
+            # the bare network: ranks get unequal shares, and DDP's forward would wait for all ranks
+            record["val_loss"] = evaluate_loss(net, val_set, loss_fn, per_rank, device, amp, dist_info)
         history.append(record)
         if dist_info.is_main:
             artifacts.append_jsonl(log_path, record)
@@ -174,6 +195,7 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
                 "version": 1, "model": distributed.unwrap(net).state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
                 "rng": rng_state(), "config": to_dict(config)})
+            last_good = str(ckpt_path)
             msg = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.endswith("loss"))
             print(f"{desc}: epoch {epoch + 1}/{epochs} {msg} ({record['seconds']:.1f}s)")
         distributed.barrier()
@@ -183,12 +205,52 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
     return {"final": str(final_path), "steps": step, "history": history}
 
 
+def _resume(ckpt_path, net, optimizer, desc: str) -> tuple[int, int]:
+    """Load model, optimizer and RNG states from ``ckpt_path`` -> (next epoch, global step).
+    A checkpoint of another network or not written by ``fit`` is an InputError naming it."""
+    from affinitynet import artifacts
+    from affinitynet.models import load_state_dict_strict
+
+    state = artifacts.load_checkpoint(ckpt_path)
+    try:
+        load_state_dict_strict(net, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        return int(state["epoch"]), int(state["step"])
+    except InputError as exc:
+        raise InputError(f"{ckpt_path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{ckpt_path}: not a resumable {desc} checkpoint ({type(exc).__name__}: "
+                         f"{first})") from None
+
+
+def _truncate_log(log_path, step: int) -> None:
+    """Drop log records after the checkpoint's ``step`` (a killed run logged steps that the
+    resumed run repeats), so the log lists every step once."""
+    from affinitynet import artifacts
+
+    if not log_path.exists():
+        return
+    keep = [r for r in artifacts.read_jsonl(log_path) if int(r.get("step", 0)) <= step]
+    artifacts.write_bytes(log_path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
 @torch.no_grad()
 def evaluate_loss(model, dataset, loss_fn, batch_size: int, device, amp: bool, dist_info) -> float:
-    """Mean loss over ``dataset`` in eval mode (averaged over ranks)."""
+    """Mean loss over ``dataset`` in eval mode, over all ranks.
+
+    Each rank takes every world_size-th image (no padding duplicates, unlike DistributedSampler),
+    so the sums all-reduced over ranks give the single-process mean. Pass the bare network, not
+    the DDP wrapper: the shares may differ by one batch, and DDP's forward is collective.
+    """
+    from torch.utils.data import DataLoader, Subset
+
     from affinitynet import distributed
 
-    loader = _loader(dataset, batch_size, False, 0, 0, 0, device, dist_info, drop_last=False)
+    mine = Subset(dataset, distributed.shard(range(len(dataset)), dist_info))
+    loader = DataLoader(mine, batch_size=batch_size, shuffle=False, num_workers=0,
+                        pin_memory=device.type == "cuda")
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
     for batch in loader:

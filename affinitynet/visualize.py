@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from affinitynet.artifacts import atomic_path  # noqa: E402
 from affinitynet.data.palette import colorize  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def overview(path: str | Path, image: np.ndarray, keys: np.ndarray | None = None
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:  # never a half-drawn picture
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path

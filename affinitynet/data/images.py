@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from affinitynet.artifacts import atomic_path
 from affinitynet.data.palette import VOC_COLORMAP, VOC_PALETTE
 from affinitynet.errors import InputError
 
@@ -99,8 +100,10 @@ def save_label_png(path: PathLike, label: np.ndarray) -> None:
     # The bytes are the palette indices themselves; only the colour table is added.
     out = Image.frombytes("P", (width, height), np.ascontiguousarray(label).tobytes())
     out.putpalette(VOC_PALETTE)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    out.save(path, format="PNG")
+    # atomic (temporary file + rename): an interrupted stage never leaves a half-written PNG that a
+    # rerun would take for a finished image
+    with atomic_path(path) as tmp:
+        out.save(tmp, format="PNG")
 
 
 _COLOR_TO_INDEX: dict[int, int] = {}

@@ -22,6 +22,7 @@ from affinitynet.algorithms.crf import confident_labels, crf_with_background
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.data.images import load_label_png, save_label_png
+from affinitynet.errors import InputError
 from affinitynet.stages.common import infer_names, open_dataset, todo
 
 _JOB: dict[str, Any] = {}
@@ -52,12 +53,15 @@ def _label_one(name: str) -> str:
 
 
 def process_count(requested: int) -> int:
+    """CRF processes of this rank: ``requested``, or (0) this node's cores shared evenly among
+    the ranks torchrun started on it."""
     if requested > 0:
         return requested
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // distributed.local_world_size())
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -68,20 +72,20 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     pending = todo(names, lambda n: wd.png(wd.aff_labels, n), [wd.aff_labels])
     processes = min(process_count(cfg.aff_labels.processes), max(1, len(pending)))
     t0 = time.time()
-    bar = tqdm(total=len(pending), desc="make-aff-labels", dynamic_ncols=True,
-               disable=not distributed.current().is_main)
-    if processes == 1:
-        _init(cfg)
-        for name in pending:
-            _label_one(name)
-            bar.update()
-    else:
-        # fork shares the already-imported modules; the CRF itself holds no threads or locks
-        ctx = mp.get_context("fork")
-        with ctx.Pool(processes, initializer=_init, initargs=(cfg,)) as pool:
-            for _ in pool.imap_unordered(_label_one, pending, chunksize=1):
+    # closed before an error propagates, so the error line is printed after the bar, not under it
+    with tqdm(total=len(pending), desc="make-aff-labels", dynamic_ncols=True,
+              disable=not distributed.current().is_main) as bar:
+        if processes == 1:
+            _init(cfg)
+            for name in pending:
+                _label_one(name)
                 bar.update()
-    bar.close()
+        else:
+            # fork shares the already-imported modules; the CRF itself holds no threads or locks
+            ctx = mp.get_context("fork")
+            with ctx.Pool(processes, initializer=_init, initargs=(cfg,)) as pool:
+                for _ in pool.imap_unordered(_label_one, pending, chunksize=1):
+                    bar.update()
     seconds = time.time() - t0
     distributed.barrier()
     result: dict[str, Any] = {"images": len(pending), "seconds": seconds, "processes": processes,
@@ -102,7 +106,11 @@ def evaluate(cfg: RunConfig, voc) -> dict[str, Any]:
     have_cam_pred = all(wd.png(wd.cam_pred, n).exists() for n in names)
     for name in names:
         gt = voc.load_gt(name)
-        label = load_label_png(wd.png(wd.aff_labels, name))
+        path = wd.png(wd.aff_labels, name)
+        label = load_label_png(path)
+        if label.shape != gt.shape:  # e.g. a label folder left from another dataset
+            raise InputError(f"{path}: label size {label.shape[1]}x{label.shape[0]} differs from the "
+                             f"ground truth's {gt.shape[1]}x{gt.shape[0]} (labels from another dataset?)")
         keep = (gt != 255) & (label != 255)
         valid += int((gt != 255).sum())
         confident += int(keep.sum())

@@ -8,6 +8,7 @@ evaluation split and sweeps the background threshold. Finished images are skippe
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,9 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
-from affinitynet.errors import InputError
+from affinitynet.errors import AffinityNetError, InputError
 from affinitynet.models import build_classifier
-from affinitynet.stages.common import infer_names, load_trained, open_dataset, todo
+from affinitynet.stages.common import check_image_size, infer_names, load_trained, open_dataset, todo
 
 
 class _ImageSource(torch.utils.data.Dataset):
@@ -34,9 +35,48 @@ class _ImageSource(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, i: int) -> tuple[str, np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray | AffinityNetError, np.ndarray | None]:
         name = self.names[i]
-        return name, self.voc.load_image(name), self.voc.image_labels(name)
+        try:
+            return name, self.voc.load_image(name), self.voc.image_labels(name)
+        except AffinityNetError as exc:
+            # returned, and raised by the main process (``raise_if_error``): raised in a worker it
+            # would arrive wrapped in the worker's traceback, and the workers of the failed loader
+            # would take seconds to stop
+            return name, exc, None
+
+
+def raise_if_error(image: Any) -> None:
+    """Raise the error ``_ImageSource`` returned for a bad image (in the main process)."""
+    if isinstance(image, AffinityNetError):
+        raise image
+
+
+def cam_function(net: torch.nn.Module, device: torch.device, amp: bool = False,
+                 channels_last: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """make-cam's network call for ``multiscale_cam``: puts ``net`` in eval mode on ``device``
+    and returns x (B, 3, h, w) float -> CAMs (B, C, ceil(h/8), ceil(w/8)) float32 >= 0.
+
+    ``amp``: bf16 autocast, on CUDA only (CAMs differ from fp32 by ~1e-2 relative).
+    ``channels_last`` (default: on CUDA only): NHWC network and input. On the CPU ResNet-38
+    at VOC size measured no gain from it (nor from batching the flip pair: the passes are
+    ~97 % convolution FLOPs; benchmarks/bench_cam_inference.py), so the CPU keeps NCHW.
+    """
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    net.eval().to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    use_amp = amp and device.type == "cuda"
+
+    def cam_fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            return net.cam(x).float()
+
+    return cam_fn
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -47,16 +87,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     names = infer_names(cfg, voc)
     net = build_classifier(cfg.train_cam.backbone, voc.num_classes)
     load_trained(net, wd.classifier / "final.pth", "classifier")
-    net.eval().to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-
-    def cam_fn(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mc.amp and device.type == "cuda"):
-            return net.cam(x).float()
+    cam_fn = cam_function(net, device, amp=mc.amp)
 
     def norm(image: np.ndarray) -> torch.Tensor:
         return normalize(image, net.normalization)
@@ -69,8 +100,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     )
     for name, image, label in tqdm(loader, desc="make-cam", total=len(pending), dynamic_ncols=True,
                                    disable=not distributed.current().is_main):
+        raise_if_error(image)
+        check_image_size(voc, name, image.shape[:2])
         if label.sum() == 0:
-            raise InputError(f"image {name} has no class label: cannot infer its CAM")
+            raise InputError(f"{voc.image_path(name)}: image '{name}' has no class label, so it has no "
+                             "CAM to infer (label it or remove it from the inference splits)")
         keys, maps = multiscale_cam(cam_fn, image, label, norm, scales=mc.scales, flip=mc.flip, device=device)
         if mc.save_pred:
             save_label_png(wd.png(wd.cam_pred, name),

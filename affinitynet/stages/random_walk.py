@@ -23,8 +23,8 @@ from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
 from affinitynet.models import build_affinity_net
-from affinitynet.stages.common import infer_names, load_trained, open_dataset, todo
-from affinitynet.stages.make_cam import _ImageSource
+from affinitynet.stages.common import check_image_size, infer_names, load_trained, open_dataset, todo
+from affinitynet.stages.make_cam import _ImageSource, raise_if_error
 
 
 def aff_backbone(cfg: RunConfig) -> str:
@@ -55,6 +55,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                                          num_workers=2 if pending else 0)
     for name, image, _ in tqdm(loader, desc="random-walk", total=len(pending), dynamic_ncols=True,
                                disable=not distributed.current().is_main):
+        raise_if_error(image)
+        # the image's stride-8 grid must hold one pair of every offset (pairs.from_region)
+        check_image_size(voc, name, image.shape[:2], min_height=STRIDE * (rc.radius - 1) + 1,
+                         min_width=STRIDE * (2 * rc.radius - 2) + 1,
+                         why=f"the random walk with radius {rc.radius}")
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
         aff = image_affinity(net, image, rc.radius, device)
         label, _ = propagate_cams(keys, maps, aff, image.shape[:2], alpha=rc.alpha, beta=rc.beta,

@@ -45,6 +45,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     dist_info, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
     voc = open_dataset(cfg)
+    training.seed_everything(ta.seed)  # the heads' initial weights depend on the seed only
     net = build(cfg)
     transform = AffinityTransform(crop=ta.crop, resize_long=ta.resize_long, color_jitter=ta.color_jitter,
                                   normalization=net.normalization)

@@ -36,6 +36,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     dist_info, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
     voc = VOCDataset(cfg.dataset.root, cfg.dataset.labels or None)
+    training.seed_everything(tc.seed)  # the heads' initial weights depend on the seed only
     net = build(cfg, voc.num_classes)
     transform = ClassificationTransform(
         crop=tc.crop, resize_long=tc.resize_long, color_jitter=tc.color_jitter, normalization=net.normalization

@@ -29,8 +29,9 @@ def _load_torch(path: str) -> dict[str, torch.Tensor]:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             KeyError, AttributeError, TypeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not a loadable torch weight file ({first})") from None
+        from affinitynet.artifacts import torch_load_error
+
+        raise InputError(f"{path}: not a loadable torch weight file ({torch_load_error(e)})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

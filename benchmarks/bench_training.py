@@ -1,0 +1,196 @@
+"""Benchmark: training throughput of the two training stages.
+
+Usage: python benchmarks/bench_training.py [--images 64] [--epochs 2] [--compile] [--quick]
+
+CPU part: the real stages, ``train_cam.run`` (tiny backbone classifier, crop 224, batch 16) and
+``train_aff.run`` (tiny AffinityNet, crop 224, batch 8), on the synthetic dataset, with DataLoader
+``num_workers`` 0 vs 2 side by side (alternating). Images/s is measured on the last epoch (the
+first one also pays one-off costs); an epoch includes starting its loader workers, as in the
+stage. AffinityNet trains on the ground truth written as its label maps (speed does not depend on
+the labels).
+
+CUDA part (runs when ``torch.cuda.is_available()``): step time of ResNet-38 training at crop 448,
+batch 8 (classifier loss; random images, so data loading is excluded) in fp32, bf16 autocast
+(the stages' ``amp``), and bf16 autocast + channels-last; ``--compile`` adds ``torch.compile``
+rows. Without a CUDA device these rows print "skipped: no CUDA device".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affinitynet.artifacts import WorkDir  # noqa: E402
+from affinitynet.data.synthetic import generate  # noqa: E402
+from affinitynet.models import build_classifier, build_optimizer  # noqa: E402
+from affinitynet.pipeline import demo_config  # noqa: E402
+from affinitynet.stages import train_aff, train_cam  # noqa: E402
+
+
+def machine() -> str:
+    """One line naming the CPU (and GPU), the usable cores and the library versions."""
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"
+    return (f"{model}, {cores} cores usable, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads{gpu}, load average {os.getloadavg()[0]:.2f} at start")
+
+
+def cpu_stage(stage: str, cfg, workers: int, epochs: int) -> dict:
+    """Run one training stage from scratch; images/s of its last epoch."""
+    wd = WorkDir(cfg.workdir)
+    sc = cfg.train_cam if stage == "train-cam" else cfg.train_aff
+    sc.num_workers, sc.epochs = workers, epochs
+    out = wd.classifier if stage == "train-cam" else wd.affinity
+    shutil.rmtree(out, ignore_errors=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        result = (train_cam if stage == "train-cam" else train_aff).run(cfg, resume=False)
+    last = result["history"][-1]
+    steps = result["steps"] // epochs
+    return {"ips": steps * sc.batch_size / last["seconds"], "epoch_s": last["seconds"],
+            "steps": steps, "batch": sc.batch_size}
+
+
+def cpu_rows(n_images: int, epochs: int, rounds: int, tmp: Path, crop: int = 224,
+             batch_cam: int = 16, batch_aff: int = 8) -> list[dict]:
+    cfg = demo_config(tmp / "work")
+    generate(cfg.dataset.root, n_train=n_images, n_val=0, seed=0)
+    # AffinityNet's label maps: the ground truth, in the stage's label folder
+    wd = WorkDir(cfg.workdir)
+    wd.aff_labels.mkdir(parents=True, exist_ok=True)
+    for png in (Path(cfg.dataset.root) / "SegmentationClass").glob("*.png"):
+        shutil.copy(png, wd.aff_labels / png.name)
+    cfg.train_aff.init_from_classifier = False
+    cfg.train_cam.crop = cfg.train_aff.crop = crop
+    cfg.train_cam.batch_size, cfg.train_aff.batch_size = batch_cam, batch_aff
+    rows = []
+    for stage in ("train-cam", "train-aff"):
+        best: dict[int, dict] = {}
+        for r in range(rounds):
+            for workers in ((0, 2) if r % 2 == 0 else (2, 0)):
+                res = cpu_stage(stage, cfg, workers, epochs)
+                if workers not in best or res["ips"] > best[workers]["ips"]:
+                    best[workers] = res
+        for workers in (0, 2):
+            rows.append({"stage": stage, "workers": workers, **best[workers],
+                         "speedup": best[workers]["ips"] / best[0]["ips"]})
+    return rows
+
+
+def cuda_rows(steps: int, warmup: int, use_compile: bool, batch: int = 8, crop: int = 448) -> list[dict]:
+    """Step time of ResNet-38 classifier training on random data, per variant."""
+    device = torch.device("cuda")
+    variants = [("fp32", False, False, False), ("bf16 autocast", True, False, False),
+                ("bf16 autocast + channels-last", True, True, False)]
+    if use_compile:
+        variants += [("bf16 autocast + channels-last + torch.compile", True, True, True)]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, 3, crop, crop, generator=gen).to(device)
+    y = (torch.rand(batch, 20, generator=gen) < 0.15).float().to(device)
+    rows = []
+    for name, amp, channels_last, compiled in variants:
+        torch.manual_seed(0)
+        net = build_classifier("resnet38", 20).to(device)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=steps + warmup)
+        model = torch.compile(net) if compiled else net
+        inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        times = []
+        torch.cuda.reset_peak_memory_stats(device)
+        for i in range(warmup + steps):
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = F.multilabel_soft_margin_loss(model(inp).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        rows.append({"variant": name, "step_s": float(np.median(times)),
+                     "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9})
+        del net, model, optimizer
+        torch.cuda.empty_cache()
+    for r in rows:
+        r["speedup"] = rows[0]["step_s"] / r["step_s"]
+    return rows
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=64, help="synthetic training images (CPU part)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per CPU run (the last is timed)")
+    parser.add_argument("--rounds", type=int, default=1, help="CPU runs per variant, best kept")
+    parser.add_argument("--steps", type=int, default=20, help="timed CUDA steps (median)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed CUDA steps")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile on CUDA")
+    parser.add_argument("--crop", type=int, default=224, help="CPU part's crop (multiple of 8)")
+    parser.add_argument("--batch-cam", type=int, default=16)
+    parser.add_argument("--batch-aff", type=int, default=8)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke mode: 8 images, crop 96, batch 4, 1 epoch (numbers meaningless)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.epochs, args.rounds, args.steps, args.warmup = 8, 1, 1, 3, 1
+        args.crop, args.batch_cam, args.batch_aff = 96, 4, 4
+    print(f"Machine: {machine()}\n")
+    print(f"CPU: tiny backbone, real training stages on {args.images} synthetic images "
+          f"(200-320 px, long side resized to 200-320, crop {args.crop}), {args.epochs} epoch(s), last "
+          f"epoch timed, best of {args.rounds} round(s)\n")
+    print("| stage | batch | DataLoader workers | steps / epoch | epoch time | images/s | "
+          "speedup vs 0 workers |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in cpu_rows(args.images, args.epochs, args.rounds, Path(tmp), args.crop,
+                          args.batch_cam, args.batch_aff):
+            print(f"| {r['stage']} (tiny) | {r['batch']} | {r['workers']} | {r['steps']} | "
+                  f"{r['epoch_s']:.2f} s | {r['ips']:.1f} | {r['speedup']:.2f}x |", flush=True)
+    print(f"\nLoad average after the CPU part: {os.getloadavg()[0]:.2f} (on a 2-core machine the "
+          f"loader workers compete with the training step for the same cores).\n")
+    print("CUDA: ResNet-38 classifier training step, crop 448, batch 8, random data\n")
+    if not torch.cuda.is_available():
+        print("skipped: no CUDA device")
+        return 0
+    print("| variant | step time (median) | images/s | speedup vs fp32 | peak GPU memory |")
+    print("|---|---:|---:|---:|---:|")
+    for r in cuda_rows(args.steps, args.warmup, args.compile):
+        print(f"| {r['variant']} | {r['step_s'] * 1000:.0f} ms | {8 / r['step_s']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['peak_gb']:.1f} GB |", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; ``--quick`` runs single-threaded (a smoke test on a busy machine, where
+    two OpenMP threads waiting for each other make every small op slow)."""
+    threads = torch.get_num_threads()
+    if "--quick" in (sys.argv[1:] if argv is None else argv):
+        torch.set_num_threads(1)
+    try:
+        return _main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Estimate: wall time of the whole PASCAL VOC train_aug pipeline on one GPU, from measured
+per-image times.
+
+Usage: python benchmarks/estimate_voc.py [--gpu-times FILE_OR_JSON] [--cores 16] [--workers 2]
+                                         [--images 10582] [--quick]
+
+Stages and the paper's settings: train-cam (ResNet-38 classifier, 15 epochs, batch 16, crop 448),
+make-cam (4 scales x flip), make-aff-labels (two dense CRFs per image, a process pool over the
+host's cores), train-aff (AffinityNet, 8 epochs, batch 8, crop 448), random walk (AffinityNet
+forward + walk). N = 10,582 train_aug images (VOC train, the evaluation split, is inside it).
+
+    T = 15 N max(t_cls_step / 16, t_load_cls / W)        train-cam
+      +    N  t_make_cam                                  make-cam (decoding overlapped)
+      +    N  t_crf / P                                   make-aff-labels
+      +  8 N max(t_aff_step / 8, t_load_aff / W)          train-aff
+      +    N (t_aff_forward + t_walk)                     random walk
+
+W = DataLoader workers, P = CRF processes (host cores). Measured here on the CPU: t_crf (one
+process, VOC size, 2 CRFs of 10 iterations), t_walk (``propagate_cams`` at VOC size, sparse),
+t_load_cls / t_load_aff (JPEG decode + the stages' augmentation at crop 448, one core). The GPU
+times t_cls_step, t_make_cam, t_aff_step, t_aff_forward (and a GPU t_walk) are measured here when
+CUDA is available; otherwise they come from ``--gpu-times`` (a JSON file or string, keys as in
+``GPU_KEYS``, seconds), and without either they are reported as missing — never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from affinitynet.algorithms.affinity import (affinity_from_features, affinity_labels,  # noqa: E402
+                                             affinity_loss)
+from affinitynet.algorithms.cam import CAM_SCALES, multiscale_cam  # noqa: E402
+from affinitynet.algorithms.random_walk import propagate_cams  # noqa: E402
+from affinitynet.data.synthetic import make_sample  # noqa: E402
+from affinitynet.data.transforms import AffinityTransform, ClassificationTransform, normalize  # noqa: E402
+from affinitynet.models import (build_affinity_net, build_classifier, build_optimizer,  # noqa: E402
+                                pair_affinity)
+from affinitynet.stages.make_aff_labels import confident_label_map  # noqa: E402
+
+VOC_TRAIN_AUG = 10_582
+VOC_SIZE = (500, 375)  # width, height
+CAM_EPOCHS, AFF_EPOCHS = 15, 8  # the paper's schedules (PSA train_cls / train_aff)
+CAM_BATCH, AFF_BATCH, CROP = 16, 8, 448
+
+GPU_KEYS: dict[str, str] = {
+    "train_cam_step_s": f"ResNet-38 classifier training step, batch {CAM_BATCH}, crop {CROP}, bf16 autocast",
+    "make_cam_s_per_image": "make-cam per VOC-size image, 4 scales x flip, fp32",
+    "train_aff_step_s": f"ResNet-38 AffinityNet training step, batch {AFF_BATCH}, crop {CROP}, bf16 autocast",
+    "aff_forward_s_per_image": "AffinityNet forward + pair affinities per VOC-size image",
+}
+OPTIONAL_GPU_KEYS = {"random_walk_s_per_image": "random walk per VOC-size image on the GPU"}
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"
+    return (f"{model}, {cores} cores usable, torch {torch.__version__}{gpu}, "
+            f"load average {os.getloadavg()[0]:.2f} at start")
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                sync: Callable[[], None] = lambda: None) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def voc_scene(index: int, size: tuple[int, int] = VOC_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic scene resized to VOC size: image (H, W, 3) uint8, label (H, W) uint8."""
+    s = make_sample(0, "train", index)
+    image = np.asarray(Image.fromarray(s.image).resize(size, Image.BICUBIC))
+    label = np.asarray(Image.fromarray(s.label).resize(size, Image.NEAREST))
+    return image, label
+
+
+def cams_from_label(label: np.ndarray, num_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """keys (k,), maps (k, H, W) in [0, 1]: each present class's mask, blurred, / its max."""
+    keys = np.array([c for c in range(num_classes) if (label == c + 1).any()], np.int64)
+    sigma = 0.03 * max(label.shape)
+    maps = np.stack([ndimage.gaussian_filter((label == k + 1).astype(np.float32), sigma) for k in keys])
+    return keys, maps / (maps.max(axis=(1, 2), keepdims=True) + 1e-5)
+
+
+def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, float]:
+    """Per-image seconds of the CPU-side parts on this machine (medians over ``n_images``)."""
+    scenes = [voc_scene(i, size) for i in range(n_images)]
+    out: dict[str, list[float]] = {"crf": [], "walk": [], "load_cls": [], "load_aff": []}
+    width, height = size
+    h, w = -(-height // 8), -(-width // 8)
+    gen = torch.Generator().manual_seed(0)
+    cls_tf = ClassificationTransform(crop=CROP, resize_long=(256, 512), generator=gen)
+    aff_tf = AffinityTransform(crop=CROP, resize_long=(448, 768), generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loader worker / a CRF process each have one core
+    try:
+        for i, (image, label) in enumerate(scenes):
+            keys, maps = cams_from_label(label)
+            start = time.perf_counter()
+            confident_label_map(image, keys, maps, 4.0, 32.0, 10)
+            out["crf"].append(time.perf_counter() - start)
+            jpeg = io.BytesIO()
+            Image.fromarray(image).save(jpeg, format="JPEG", quality=90)
+            for key, fn in (("load_cls", lambda im: cls_tf(im)), ("load_aff", lambda im: aff_tf(im, label))):
+                start = time.perf_counter()
+                decoded = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())).convert("RGB"))
+                fn(decoded)
+                out[key].append(time.perf_counter() - start)
+        torch.set_num_threads(threads)  # the random-walk stage runs in the main process
+        for i, (image, label) in enumerate(scenes):
+            keys, maps = cams_from_label(label)
+            features = torch.randn(1, 32, h, w, generator=gen)
+            aff = affinity_from_features(features)[0]
+            start = time.perf_counter()
+            propagate_cams(keys, maps, aff, (height, width), num_classes=5)
+            out["walk"].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: float(np.median(v)) for k, v in out.items()}
+
+
+def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CROP,
+                size: tuple[int, int] = VOC_SIZE, scales: tuple[float, ...] = CAM_SCALES,
+                repeats: int = 5, cam_batch: int = CAM_BATCH, aff_batch: int = AFF_BATCH) -> dict[str, float]:
+    """Per-step / per-image seconds of the network parts on ``device`` (keys of GPU_KEYS and
+    OPTIONAL_GPU_KEYS). Random data: speed does not depend on it. Runs on any device; the
+    estimate uses it on CUDA only."""
+    from affinitynet.stages.make_cam import cam_function
+    from affinitynet.stages.random_walk import image_affinity
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    amp = device.type == "cuda"
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, float] = {}
+
+    # train-cam step (training.fit: bf16 autocast on CUDA, SGD poly)
+    net = build_classifier(backbone, 20).to(device)
+    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100)
+    x = torch.randn(cam_batch, 3, crop, crop, generator=gen).to(device)
+    y = (torch.rand(cam_batch, 20, generator=gen) < 0.15).float().to(device)
+
+    def cls_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.multilabel_soft_margin_loss(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out["train_cam_step_s"] = median_time(cls_step, repeats, 2, sync)
+
+    # make-cam per image: the stage's network call and fusion
+    cam_fn = cam_function(net, device, amp=False)
+    width, height = size
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    label = np.zeros(20, np.float32)
+    label[[3, 11]] = 1
+    out["make_cam_s_per_image"] = median_time(
+        lambda: multiscale_cam(cam_fn, image, label, lambda im: normalize(im, net.normalization),
+                               scales=scales, device=device), max(1, repeats // 2), 1, sync)
+    del net, opt, x
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # train-aff step
+    net = build_affinity_net(backbone).to(device)
+    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100)
+    x = torch.randn(aff_batch, 3, crop, crop, generator=gen).to(device)
+    grid = torch.randint(0, 3, (aff_batch, crop // 8, crop // 8), generator=gen).to(torch.uint8)
+    labels = [t.to(device) for t in affinity_labels(grid, 5)]
+
+    def aff_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, _ = affinity_loss(pair_affinity(net(x).float(), 5), *labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out["train_aff_step_s"] = median_time(aff_step, repeats, 2, sync)
+
+    # random walk: AffinityNet forward at VOC size, then the walk on the same device
+    net.eval()
+    out["aff_forward_s_per_image"] = median_time(lambda: image_affinity(net, image, 5, device),
+                                                 repeats, 1, sync)
+    aff = image_affinity(net, image, 5, device)
+    keys = np.array([3, 11])
+    maps = np.random.default_rng(1).random((2, height, width), dtype=np.float32)
+    out["random_walk_s_per_image"] = median_time(
+        lambda: propagate_cams(keys, maps, aff, (height, width)), repeats, 1, sync)
+    return out
+
+
+def load_gpu_times(text: str) -> dict[str, float]:
+    """--gpu-times: a JSON file path or a JSON object string -> {key: seconds}."""
+    path = Path(text)
+    data = json.loads(path.read_text() if path.is_file() else text)
+    unknown = set(data) - set(GPU_KEYS) - set(OPTIONAL_GPU_KEYS) - {"device"}
+    if unknown:
+        raise SystemExit(f"--gpu-times: unknown keys {sorted(unknown)}; expected {sorted(GPU_KEYS)}")
+    return data
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h"
+
+
+def estimate(cpu: dict[str, float], gpu: dict[str, float], n: int, cores: int,
+             workers: int) -> list[tuple[str, str, float | None]]:
+    """Rows (stage, formula with numbers, seconds or None when a GPU number is missing)."""
+    def have(*keys: str) -> bool:
+        return all(k in gpu for k in keys)
+
+    rows: list[tuple[str, str, float | None]] = []
+    load_cls, load_aff = cpu["load_cls"] / workers, cpu["load_aff"] / workers
+    if have("train_cam_step_s"):
+        per = max(gpu["train_cam_step_s"] / CAM_BATCH, load_cls)
+        rows.append(("train-cam", f"{CAM_EPOCHS} x {n} x max({gpu['train_cam_step_s']:.3f}/{CAM_BATCH}, "
+                     f"{cpu['load_cls']:.3f}/{workers})", CAM_EPOCHS * n * per))
+    else:
+        rows.append(("train-cam", f"{CAM_EPOCHS} x {n} x max(t_cls_step/{CAM_BATCH} MISSING, "
+                     f"{cpu['load_cls']:.3f}/{workers}) >= {hours(CAM_EPOCHS * n * load_cls)} (loading bound)",
+                     None))
+    if have("make_cam_s_per_image"):
+        rows.append(("make-cam", f"{n} x {gpu['make_cam_s_per_image']:.3f}", n * gpu["make_cam_s_per_image"]))
+    else:
+        rows.append(("make-cam", f"{n} x t_make_cam MISSING", None))
+    rows.append(("make-aff-labels (CRF)", f"{n} x {cpu['crf']:.3f} / {cores} processes", n * cpu["crf"] / cores))
+    if have("train_aff_step_s"):
+        per = max(gpu["train_aff_step_s"] / AFF_BATCH, load_aff)
+        rows.append(("train-aff", f"{AFF_EPOCHS} x {n} x max({gpu['train_aff_step_s']:.3f}/{AFF_BATCH}, "
+                     f"{cpu['load_aff']:.3f}/{workers})", AFF_EPOCHS * n * per))
+    else:
+        rows.append(("train-aff", f"{AFF_EPOCHS} x {n} x max(t_aff_step/{AFF_BATCH} MISSING, "
+                     f"{cpu['load_aff']:.3f}/{workers}) >= {hours(AFF_EPOCHS * n * load_aff)} (loading bound)",
+                     None))
+    walk = gpu.get("random_walk_s_per_image", cpu["walk"])
+    where = "GPU" if "random_walk_s_per_image" in gpu else "CPU"
+    if have("aff_forward_s_per_image"):
+        rows.append(("random walk", f"{n} x ({gpu['aff_forward_s_per_image']:.3f} forward + {walk:.3f} "
+                     f"walk on {where})", n * (gpu["aff_forward_s_per_image"] + walk)))
+    else:
+        rows.append(("random walk", f"{n} x (t_aff_forward MISSING + {walk:.3f} walk on {where}) "
+                     f">= {hours(n * walk)}", None))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpu-times", default="", help="JSON file or string with the GPU seconds")
+    parser.add_argument("--images", type=int, default=VOC_TRAIN_AUG, help="N (VOC train_aug: 10582)")
+    parser.add_argument("--cores", type=int, default=0, help="CRF processes on the GPU host (default: this machine's cores)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (the stages' default 2)")
+    parser.add_argument("--samples", type=int, default=6, help="VOC-size images measured on the CPU")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: 2 images at 250x188")
+    args = parser.parse_args(argv)
+    size = VOC_SIZE
+    if args.quick:
+        args.samples, size = 2, (250, 188)
+    cores = args.cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+    print(f"Machine: {machine()}\n")
+    cpu = measure_cpu(args.samples, size)
+    gpu: dict[str, float] = {}
+    source = "missing (no CUDA device here, no --gpu-times)"
+    if args.gpu_times:
+        gpu, source = load_gpu_times(args.gpu_times), f"--gpu-times ({gpu_device(args.gpu_times)})"
+    elif torch.cuda.is_available():
+        gpu = measure_gpu(torch.device("cuda"), size=size)
+        source = f"measured here on {torch.cuda.get_device_name(0)}"
+    print(f"Per-image times (medians; CPU ones over {args.samples} synthetic scenes at "
+          f"{size[0]}x{size[1]}, one thread each):\n")
+    print("| quantity | seconds | where |")
+    print("|---|---:|---|")
+    cpu_names = {"crf": "t_crf: make-aff-labels per image (2 dense CRFs, 10 iterations), 1 process",
+                 "walk": "t_walk: random walk per image (propagate_cams, sparse, beta 8, logt 8)",
+                 "load_cls": f"t_load_cls: JPEG decode + train-cam augmentation (crop {CROP})",
+                 "load_aff": f"t_load_aff: JPEG decode + train-aff augmentation (crop {CROP})"}
+    for key, name in cpu_names.items():
+        print(f"| {name} | {cpu[key]:.4f} | CPU, measured here |")
+    for key, name in {**GPU_KEYS, **OPTIONAL_GPU_KEYS}.items():
+        value = f"{gpu[key]:.4f}" if key in gpu else "MISSING"
+        where = source if key in gpu else ("not given (the CPU walk is used)" if key in OPTIONAL_GPU_KEYS
+                                           else "needs a GPU")
+        print(f"| {key}: {name} | {value} | {where} |")
+    rows = estimate(cpu, gpu, args.images, cores, args.workers)
+    print(f"\nEstimate for N = {args.images} images, {cores} CRF processes, {args.workers} loader "
+          f"workers, one GPU:\n")
+    print("| stage | formula | time |")
+    print("|---|---|---:|")
+    for stage, formula, seconds in rows:
+        print(f"| {stage} | {formula} | {hours(seconds) if seconds is not None else 'MISSING'} |")
+    known = sum(s for _, _, s in rows if s is not None)
+    missing = [stage for stage, _, s in rows if s is None]
+    if missing:
+        print(f"\nTotal: not computable; the stages without GPU numbers ({', '.join(missing)}) need "
+              f"a lent GPU (run this script there, or pass --gpu-times with the keys "
+              f"{', '.join(GPU_KEYS)}). The stages that are known sum to {hours(known)}.")
+    else:
+        print(f"\nTotal: {hours(known)}")
+    return 0
+
+
+def gpu_device(text: str) -> str:
+    with contextlib.suppress(Exception):
+        path = Path(text)
+        return str(json.loads(path.read_text() if path.is_file() else text).get("device", "device not named"))
+    return "device not named"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Smoke tests of the benchmark scripts: each runs in its ``--quick`` mode and prints its table.
+
+The scripts are imported from ``benchmarks/`` (not a package) and their ``main(argv)`` called in
+this process, which is faster than a subprocess per script. Quick modes use tiny inputs, so the
+numbers they print mean nothing; only that every variant runs and a table comes out is checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_smoke", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(text: str, header_start: str) -> list[list[str]]:
+    """Cells of the markdown table whose header line starts with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    assert re.fullmatch(r"\|(-+:?\|)+", lines[start + 1].replace("---:", "---")), lines[start + 1]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_bench_crf_quick(capsys):
+    from affinitynet.stages import make_aff_labels
+
+    stage_fn = make_aff_labels._label_one
+    assert load("bench_crf").main(["--quick"]) == 0
+    assert make_aff_labels._label_one is stage_fn  # the call log is removed again
+    out = capsys.readouterr().out
+    assert "Machine:" in out and "torch" in out
+    rows = table_rows(out, "| images |")
+    assert [r[2] for r in rows] == ["1", "2"]  # 1 and 2 processes on the same images
+    assert all(r[-1].startswith("yes (4 calls, 4 PNGs)") for r in rows)
+    assert rows[1][3] == "2"  # both workers got images
+
+
+def test_bench_cam_inference_quick(capsys):
+    threads = torch.get_num_threads()
+    assert load("bench_cam_inference").main(["--quick"]) == 0
+    assert torch.get_num_threads() == threads
+    out = capsys.readouterr().out
+    rows = table_rows(out, "| variant |")
+    assert rows[0][0].startswith("one pass at a time") and rows[0][3] == "1.00x"
+    assert any(r[0].startswith("make-cam") for r in rows[1:])
+    assert all(r[-1] == "yes" for r in rows)  # fp32 forms agree within 1e-4
+    if not torch.cuda.is_available():
+        assert "skipped: no CUDA device" in out
+
+
+def test_bench_training_quick(capsys):
+    assert load("bench_training").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out, "| stage |")
+    assert [(r[0], r[2]) for r in rows] == [("train-cam (tiny)", "0"), ("train-cam (tiny)", "2"),
+                                            ("train-aff (tiny)", "0"), ("train-aff (tiny)", "2")]
+    assert all(float(r[5]) > 0 for r in rows)
+    if not torch.cuda.is_available():
+        assert "skipped: no CUDA device" in out
+
+
+def test_estimate_voc_quick_reports_missing_gpu_numbers(capsys):
+    est = load("estimate_voc")
+    assert est.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out, "| stage |")
+    by_stage = {r[0]: r for r in rows}
+    assert set(by_stage) == {"train-cam", "make-cam", "make-aff-labels (CRF)", "train-aff", "random walk"}
+    assert by_stage["make-aff-labels (CRF)"][2].endswith(" h")  # CPU-measured: always there
+    if not torch.cuda.is_available():
+        assert by_stage["make-cam"][2] == "MISSING" and "not computable" in out
+
+
+def test_estimate_voc_with_gpu_times(capsys, tmp_path):
+    est = load("estimate_voc")
+    times = {"device": "test", "train_cam_step_s": 1.6, "make_cam_s_per_image": 0.5,
+             "train_aff_step_s": 0.8, "aff_forward_s_per_image": 0.1}
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(times))
+    assert est.main(["--quick", "--gpu-times", str(path), "--images", "100", "--cores", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = {r[0]: r for r in table_rows(out, "| stage |")}
+    # make-cam is N x t_make_cam exactly: 100 x 0.5 s
+    assert rows["make-cam"][2] == f"{100 * 0.5 / 3600:.2f} h"
+    total = re.search(r"Total: ([0-9.]+) h", out)
+    assert total is not None
+    # train-cam alone is at least 15 epochs x 100 images x 1.6 s / 16
+    assert float(total.group(1)) >= 15 * 100 * 1.6 / 16 / 3600
+
+
+def test_estimate_voc_network_timings_run_on_cpu():
+    """The GPU measurement code, exercised on the CPU with the tiny backbone."""
+    est = load("estimate_voc")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy 2-core machine make small ops crawl
+    try:
+        out = est.measure_gpu(torch.device("cpu"), backbone="tiny", crop=96, size=(120, 90),
+                              scales=(1.0, 0.5), repeats=1, cam_batch=2, aff_batch=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(est.GPU_KEYS) <= set(out)
+    assert all(v > 0 for v in out.values())

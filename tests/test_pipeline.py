@@ -1,0 +1,134 @@
+"""End to end: the whole pipeline on a small synthetic dataset through the command line.
+
+A reduced version of ``affinitynet demo`` (60 train / 20 val images, small crops, fewer epochs)
+runs once per session (~1 min on 2 cores); the tests check the numbers are sane and the paper's
+claim holds on it: the random walk beats the CAMs. The full demo is the slow test at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from affinitynet import artifacts
+from affinitynet.cli import main
+from affinitynet.data.images import load_label_png
+from affinitynet.data.voc import VOCDataset
+
+REDUCED = {
+    "dataset": {"train_split": "train", "eval_split": "val", "val_split": "val", "infer_splits": ["train"]},
+    "train_cam": {"backbone": "tiny", "batch_size": 12, "epochs": 15, "crop": 192,
+                  "resize_long": [180, 260], "num_workers": 0},
+    "make_cam": {"scales": [1.0, 0.5], "num_workers": 0},
+    "train_aff": {"batch_size": 8, "epochs": 10, "crop": 192, "resize_long": [180, 260], "num_workers": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    data, work = root / "data", root / "work"
+    assert main(["synth", str(data), "--train", "60", "--val", "20", "--seed", "1"]) == 0
+    cfg_file = root / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(REDUCED))
+    argv = ["run", "--config", str(cfg_file), "--workdir", str(work), "--dataset", str(data)]
+    assert main(argv) == 0
+    metrics = json.loads((work / "metrics.json").read_text())
+    return {"data": data, "work": work, "metrics": metrics, "argv": argv}
+
+
+def all_background_miou(voc: VOCDataset, names: list[str]) -> float:
+    """mIoU of predicting background everywhere, computed by hand from the ground truth."""
+    bg = total = 0
+    present = set()
+    for n in names:
+        gt = voc.load_gt(n)
+        valid = gt != 255
+        bg += int((gt[valid] == 0).sum())
+        total += int(valid.sum())
+        present |= set(np.unique(gt[valid]).tolist())
+    # background IoU = bg / total; every object class present in the GT has IoU 0
+    return 100.0 * (bg / total) / len(present)
+
+
+def test_metrics_have_every_stage(pipeline_run):
+    m = pipeline_run["metrics"]
+    for key in ("cam", "rw"):
+        assert 0 <= m[key]["miou"] <= 100
+        assert set(m[key]["per_class"]) == {"background", "stripes", "dots", "checker", "rings", "waves"}
+    assert 0 < m["cam"]["best_threshold"] < 1
+    assert set(m["seconds"]) == {"train_cam", "make_cam", "aff_labels", "train_aff", "random_walk"}
+    assert m["eval_split"] == "val"
+
+
+def test_cam_is_far_above_all_background(pipeline_run):
+    voc = VOCDataset(pipeline_run["data"])
+    floor = all_background_miou(voc, voc.split("val"))
+    assert pipeline_run["metrics"]["cam"]["miou"] > 2 * floor
+
+
+def test_confident_labels_beat_cam_on_same_pixels(pipeline_run):
+    a = pipeline_run["metrics"]["aff_labels"]
+    assert a["confident_precision"] > 90
+    assert 30 < a["confident_coverage"] < 100
+    # the CRF-refined confident labels are right more often than the CAM prediction there
+    assert a["confident_precision"] > a["cam_precision_on_confident"]
+
+
+def test_random_walk_beats_cam(pipeline_run):
+    m = pipeline_run["metrics"]
+    assert m["rw"]["miou"] > m["cam"]["miou"] + 3, (m["cam"]["miou"], m["rw"]["miou"])
+
+
+def test_outputs_and_formats(pipeline_run):
+    work, voc = pipeline_run["work"], VOCDataset(pipeline_run["data"])
+    names = voc.split("train") + voc.split("val")
+    for n in names:
+        image = voc.load_image(n)
+        keys, maps = artifacts.load_cam(work / "cam" / f"{n}.npz", image.shape[:2], voc.num_classes)
+        assert keys.tolist() == np.flatnonzero(voc.image_labels(n)).tolist()
+        assert maps.min() >= 0 and maps.max() <= 1.001
+        for folder in ("cam_pred", "aff_labels", "pseudo_labels"):
+            label = load_label_png(work / folder / f"{n}.png")
+            assert label.shape == image.shape[:2]
+            assert set(np.unique(label).tolist()) <= {0, 255, *(keys + 1).tolist()}
+    log = artifacts.read_jsonl(work / "classifier" / "log.jsonl")
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    assert len(epochs) == 15 and all("val_loss" in r for r in epochs)
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert (work / "config.yaml").exists() and (work / "affinity" / "final.pth").exists()
+    pictures = sorted((work / "vis").glob("*.png"))
+    assert len(pictures) == 6 and all(p.stat().st_size > 1000 for p in pictures)
+    assert not list(work.rglob(artifacts.TMP_PREFIX + "*"))
+
+
+def test_evaluate_command_agrees(pipeline_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--pred", str(pipeline_run["work"] / "pseudo_labels"),
+            "--dataset", str(pipeline_run["data"]), "--split", "val", "--out", str(out)]
+    assert main(argv) == 0
+    assert "mIoU" in capsys.readouterr().out
+    assert json.loads(out.read_text())["miou"] == pytest.approx(pipeline_run["metrics"]["rw"]["miou"])
+
+
+def test_rerun_skips_finished_stages(pipeline_run):
+    work = pipeline_run["work"]
+    stamp = {p: os.stat(p).st_mtime_ns for p in [*work.glob("*/*.png"), *work.glob("*/*.npz"),
+                                                 *work.glob("*/final.pth")]}
+    assert main(pipeline_run["argv"]) == 0
+    assert {p: os.stat(p).st_mtime_ns for p in stamp} == stamp
+    again = json.loads((work / "metrics.json").read_text())
+    assert again["rw"]["miou"] == pytest.approx(pipeline_run["metrics"]["rw"]["miou"])
+    assert again["cam"]["miou"] == pytest.approx(pipeline_run["metrics"]["cam"]["miou"])
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path):
+    """The README's main job: ``affinitynet demo`` (about 3 minutes on 2 cores)."""
+    assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
+    m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert m["rw"]["miou"] > m["cam"]["miou"] + 10
