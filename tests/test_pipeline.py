@@ -24,7 +24,7 @@ REDUCED = {
     "train_cam": {"backbone": "tiny", "batch_size": 12, "epochs": 15, "crop": 192,
                   "resize_long": [180, 260], "num_workers": 0},
     "make_cam": {"scales": [1.0, 0.5], "num_workers": 0},
-    "train_aff": {"batch_size": 8, "epochs": 10, "crop": 192, "resize_long": [180, 260], "num_workers": 0},
+    "train_aff": {"batch_size": 8, "epochs": 16, "crop": 192, "resize_long": [180, 260], "num_workers": 0},
 }
 
 
@@ -117,8 +117,8 @@ def test_evaluate_command_agrees(pipeline_run, tmp_path, capsys):
 
 def test_rerun_skips_finished_stages(pipeline_run):
     work = pipeline_run["work"]
-    stamp = {p: os.stat(p).st_mtime_ns for p in [*work.glob("*/*.png"), *work.glob("*/*.npz"),
-                                                 *work.glob("*/final.pth")]}
+    outputs = [*work.glob("*/*.png"), *work.glob("*/*.npz"), *work.glob("*/final.pth")]
+    stamp = {p: os.stat(p).st_mtime_ns for p in outputs if p.parent.name != "vis"}
     assert main(pipeline_run["argv"]) == 0
     assert {p: os.stat(p).st_mtime_ns for p in stamp} == stamp
     again = json.loads((work / "metrics.json").read_text())
