@@ -189,16 +189,26 @@ def save_cam(path: str | Path, keys: np.ndarray, maps: np.ndarray, num_classes: 
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
         raise ValueError(f"maps {maps.shape} do not match keys {keys.shape}")
+    write_bytes(path, npz_bytes({
+        "version": np.int64(CAM_FORMAT_VERSION),
+        "keys": keys,
+        "maps": maps.astype(np.float16),
+        "image_size": np.asarray(maps.shape[1:], dtype=np.int64),
+        "num_classes": np.int64(num_classes),
+    }))
+
+
+def npz_bytes(arrays: dict[str, Any]) -> bytes:
+    """A compressed ``.npz`` (what ``np.load`` reads) with fixed zip timestamps, so equal arrays
+    give byte-identical files (reruns and sharded runs can be compared by bytes)."""
     buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        version=np.int64(CAM_FORMAT_VERSION),
-        keys=keys,
-        maps=maps.astype(np.float16),
-        image_size=np.asarray(maps.shape[1:], dtype=np.int64),
-        num_classes=np.int64(num_classes),
-    )
-    write_bytes(path, buf.getvalue())
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    return buf.getvalue()
 
 
 def load_cam(

@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("affinitynet: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
         return 130
+    finally:
+        from affinitynet import distributed
+
+        distributed.cleanup()  # under torchrun: leave the process group cleanly
     return 0
 
 

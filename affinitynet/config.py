@@ -318,9 +318,19 @@ def validate(cfg: Any, prefix: str = "") -> None:
         raise ConfigError(f"config key '{prefix}method' = {cfg.method!r}: expected 'sparse' or 'dense'")
 
 
+# Classifier recipes that differ from the paper's ResNet-38/VGG-16 one, by backbone: ResNet-50
+# follows IRN (Ahn et al., CVPR 2019, train_cam.py): 5 epochs, weight decay 1e-4, crop 512,
+# long side 320-640. They replace the defaults above; YAML and --set still override them.
+BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
+    "resnet50": {"train_cam": {"epochs": 5, "weight_decay": 1e-4, "crop": 512, "resize_long": [320, 640]}},
+}
+
+
 def load_config(cls: type, path: str | Path | None = None, sets: list[str] | None = None) -> Any:
-    """Defaults of ``cls``, then the YAML file, then ``--set`` items; validated."""
+    """Defaults of ``cls`` (with the chosen backbone's recipe), then the YAML file, then ``--set``
+    items; validated."""
     cfg = cls()
+    layers: list[dict[str, Any]] = []
     if path:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
@@ -330,9 +340,19 @@ def load_config(cls: type, path: str | Path | None = None, sets: list[str] | Non
             raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
-        apply_overrides(cfg, data)
+        layers.append(data)
     if sets:
-        apply_overrides(cfg, parse_set(sets))
+        layers.append(parse_set(sets))
+    if cls is RunConfig:
+        backbone = cfg.train_cam.backbone
+        for layer in layers:
+            section = layer.get("train_cam")
+            if isinstance(section, dict) and "backbone" in section:
+                backbone = section["backbone"]
+        if backbone in BACKBONE_RECIPES:
+            apply_overrides(cfg, BACKBONE_RECIPES[backbone])
+    for layer in layers:
+        apply_overrides(cfg, layer)
     validate(cfg)
     return cfg
 

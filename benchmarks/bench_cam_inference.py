@@ -26,9 +26,7 @@ the CPU run uses few images (default 2).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -39,27 +37,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 
 from affinitynet.algorithms.cam import CAM_SCALES, multiscale_cam, resize_image  # noqa: E402
 from affinitynet.data.transforms import normalize  # noqa: E402
 from affinitynet.models import build_classifier  # noqa: E402
 from affinitynet.stages.make_cam import cam_function  # noqa: E402
+from _common import machine, print_table_header, run_main, sync  # noqa: E402
 
 TOLERANCE = 1e-4
-
-
-def machine(device: torch.device) -> str:
-    """One line naming the CPU (and GPU), the usable cores and the library versions."""
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{model}, {cores} cores usable, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads{gpu}, load average {os.getloadavg()[0]:.2f} at start")
 
 
 def one_pass_at_a_time(net: torch.nn.Module, image: np.ndarray, label: np.ndarray,
@@ -84,11 +70,6 @@ def one_pass_at_a_time(net: torch.nn.Module, image: np.ndarray, label: np.ndarra
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -159,7 +140,8 @@ def _main(argv: list[str] | None) -> int:
             variants.append(("make-cam + bf16 autocast on CPU (not used by make-cam)",
                              make_cam_form(None, True)))
 
-    print(f"Machine: {machine(device)}\n")
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"Machine: {machine(gpu)}\n")
     print(f"CAM inference, {args.backbone} ({sum(p.numel() for p in net.parameters()) / 1e6:.1f}M "
           f"parameters), {args.classes} classes, {len(images)} random {width}x{height} image(s), "
           f"scales {list(scales)} x flip = {2 * len(scales)} passes per image, on {device.type}; "
@@ -182,8 +164,8 @@ def _main(argv: list[str] | None) -> int:
             outputs[name].append(maps)
     base_name = variants[0][0]
     base = len(images) / seconds[base_name]
-    print("| variant | time / image | images/s | speedup | max rel. error vs one-pass | within 1e-4 |")
-    print("|---|---:|---:|---:|---:|---|")
+    print_table_header("variant", "time / image", "images/s", "speedup", "max rel. error vs one-pass",
+                       "within 1e-4", align="lrrrrl")
     results = {}
     for name, _ in variants:
         ips = len(images) / seconds[name]
@@ -207,15 +189,8 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; ``--quick`` runs single-threaded (a smoke test on a busy machine, where
-    two OpenMP threads waiting for each other make every small op slow)."""
-    threads = torch.get_num_threads()
-    if "--quick" in (sys.argv[1:] if argv is None else argv):
-        torch.set_num_threads(1)
-    try:
-        return _main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    """Run the benchmark; ``--quick`` runs single-threaded (see ``_common.run_main``)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 
 from affinitynet import artifacts  # noqa: E402
 from affinitynet.artifacts import WorkDir  # noqa: E402
@@ -49,24 +51,16 @@ from affinitynet.data.synthetic import generate  # noqa: E402
 from affinitynet.data.voc import VOCDataset  # noqa: E402
 from affinitynet.pipeline import demo_config  # noqa: E402
 from affinitynet.stages import make_aff_labels  # noqa: E402
+from _common import cpu_model, load_average, print_table_header, usable_cores  # noqa: E402
 
 VOC_SIZE = (500, 375)  # width, height of most PASCAL VOC images
 
 
 def machine() -> str:
     """One line naming the CPU, the cores this process may use, and the library versions."""
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    import torch
-
-    return (f"{model}, {cores} cores usable ({os.cpu_count()} online), Python "
+    return (f"{cpu_model()}, {usable_cores()} cores usable ({os.cpu_count()} online), Python "
             f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-            f"load average {os.getloadavg()[0]:.2f} at start")
+            f"load average {load_average():.2f} at start")
 
 
 def make_dataset(root: Path, n_images: int, voc_size: bool, seed: int = 0) -> None:
@@ -191,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"make-aff-labels stage (dense CRF, 10 iterations, alpha 4 and 32 = 2 CRFs per image), "
           f"variants {variants} processes, best of {args.rounds} round(s), CAMs from blurred "
           f"ground truth\n")
-    print("| images | count | processes | workers used | stage time | images/s | speedup vs 1 | "
-          "CPU s/image | cores busy | each image exactly once |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print_table_header("images", "count", "processes", "workers used", "stage time", "images/s",
+                       "speedup vs 1", "CPU s/image", "cores busy", "each image exactly once",
+                       align="lrrrrrrrrl")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         sets = [("synthetic 200-320 px", args.images, False)]

@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,26 +32,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 
 from affinitynet.artifacts import WorkDir  # noqa: E402
 from affinitynet.data.synthetic import generate  # noqa: E402
 from affinitynet.models import build_classifier, build_optimizer  # noqa: E402
 from affinitynet.pipeline import demo_config  # noqa: E402
 from affinitynet.stages import train_aff, train_cam  # noqa: E402
-
-
-def machine() -> str:
-    """One line naming the CPU (and GPU), the usable cores and the library versions."""
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"
-    return (f"{model}, {cores} cores usable, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads{gpu}, load average {os.getloadavg()[0]:.2f} at start")
+from _common import cuda_suffix, machine, print_table_header, run_main  # noqa: E402
 
 
 def cpu_stage(stage: str, cfg, workers: int, epochs: int) -> dict:
@@ -154,13 +141,12 @@ def _main(argv: list[str] | None) -> int:
     if args.quick:
         args.images, args.epochs, args.rounds, args.steps, args.warmup = 8, 1, 1, 3, 1
         args.crop, args.batch_cam, args.batch_aff = 96, 4, 4
-    print(f"Machine: {machine()}\n")
+    print(f"Machine: {machine(cuda_suffix())}\n")
     print(f"CPU: tiny backbone, real training stages on {args.images} synthetic images "
           f"(200-320 px, long side resized to 200-320, crop {args.crop}), {args.epochs} epoch(s), last "
           f"epoch timed, best of {args.rounds} round(s)\n")
-    print("| stage | batch | DataLoader workers | steps / epoch | epoch time | images/s | "
-          "speedup vs 0 workers |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print_table_header("stage", "batch", "DataLoader workers", "steps / epoch", "epoch time", "images/s",
+                       "speedup vs 0 workers", align="lrrrrrr")
     with tempfile.TemporaryDirectory() as tmp:
         for r in cpu_rows(args.images, args.epochs, args.rounds, Path(tmp), args.crop,
                           args.batch_cam, args.batch_aff):
@@ -172,8 +158,8 @@ def _main(argv: list[str] | None) -> int:
     if not torch.cuda.is_available():
         print("skipped: no CUDA device")
         return 0
-    print("| variant | step time (median) | images/s | speedup vs fp32 | peak GPU memory |")
-    print("|---|---:|---:|---:|---:|")
+    print_table_header("variant", "step time (median)", "images/s", "speedup vs fp32", "peak GPU memory",
+                       align="lrrrr")
     for r in cuda_rows(args.steps, args.warmup, args.compile):
         print(f"| {r['variant']} | {r['step_s'] * 1000:.0f} ms | {8 / r['step_s']:.1f} | "
               f"{r['speedup']:.2f}x | {r['peak_gb']:.1f} GB |", flush=True)
@@ -181,15 +167,8 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; ``--quick`` runs single-threaded (a smoke test on a busy machine, where
-    two OpenMP threads waiting for each other make every small op slow)."""
-    threads = torch.get_num_threads()
-    if "--quick" in (sys.argv[1:] if argv is None else argv):
-        torch.set_num_threads(1)
-    try:
-        return _main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    """Run the benchmark; ``--quick`` runs single-threaded (see ``_common.run_main``)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from PIL import Image
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 
 from affinitynet.algorithms.affinity import (affinity_from_features, affinity_labels,  # noqa: E402
                                              affinity_loss)
@@ -53,6 +52,7 @@ from affinitynet.data.transforms import AffinityTransform, ClassificationTransfo
 from affinitynet.models import (build_affinity_net, build_classifier, build_optimizer,  # noqa: E402
                                 pair_affinity)
 from affinitynet.stages.make_aff_labels import confident_label_map  # noqa: E402
+from _common import cuda_suffix, machine, print_table_header, sync, usable_cores  # noqa: E402
 
 VOC_TRAIN_AUG = 10_582
 VOC_SIZE = (500, 375)  # width, height
@@ -66,19 +66,6 @@ GPU_KEYS: dict[str, str] = {
     "aff_forward_s_per_image": "AffinityNet forward + pair affinities per VOC-size image",
 }
 OPTIONAL_GPU_KEYS = {"random_walk_s_per_image": "random walk per VOC-size image on the GPU"}
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no CUDA device"
-    return (f"{model}, {cores} cores usable, torch {torch.__version__}{gpu}, "
-            f"load average {os.getloadavg()[0]:.2f} at start")
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1,
@@ -157,9 +144,8 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     from affinitynet.stages.make_cam import cam_function
     from affinitynet.stages.random_walk import image_affinity
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def sync_device() -> None:
+        sync(device)
 
     amp = device.type == "cuda"
     gen = torch.Generator().manual_seed(0)
@@ -178,7 +164,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
         loss.backward()
         opt.step()
 
-    out["train_cam_step_s"] = median_time(cls_step, repeats, 2, sync)
+    out["train_cam_step_s"] = median_time(cls_step, repeats, 2, sync_device)
 
     # make-cam per image: the stage's network call and fusion
     cam_fn = cam_function(net, device, amp=False)
@@ -188,7 +174,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     label[[3, 11]] = 1
     out["make_cam_s_per_image"] = median_time(
         lambda: multiscale_cam(cam_fn, image, label, lambda im: normalize(im, net.normalization),
-                               scales=scales, device=device), max(1, repeats // 2), 1, sync)
+                               scales=scales, device=device), max(1, repeats // 2), 1, sync_device)
     del net, opt, x
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -207,17 +193,17 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
         loss.backward()
         opt.step()
 
-    out["train_aff_step_s"] = median_time(aff_step, repeats, 2, sync)
+    out["train_aff_step_s"] = median_time(aff_step, repeats, 2, sync_device)
 
     # random walk: AffinityNet forward at VOC size, then the walk on the same device
     net.eval()
     out["aff_forward_s_per_image"] = median_time(lambda: image_affinity(net, image, 5, device),
-                                                 repeats, 1, sync)
+                                                 repeats, 1, sync_device)
     aff = image_affinity(net, image, 5, device)
     keys = np.array([3, 11])
     maps = np.random.default_rng(1).random((2, height, width), dtype=np.float32)
     out["random_walk_s_per_image"] = median_time(
-        lambda: propagate_cams(keys, maps, aff, (height, width)), repeats, 1, sync)
+        lambda: propagate_cams(keys, maps, aff, (height, width)), repeats, 1, sync_device)
     return out
 
 
@@ -287,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     size = VOC_SIZE
     if args.quick:
         args.samples, size = 2, (250, 188)
-    cores = args.cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cores = args.cores or usable_cores()
 
-    print(f"Machine: {machine()}\n")
+    print(f"Machine: {machine(cuda_suffix(), threads=False)}\n")
     cpu = measure_cpu(args.samples, size)
     gpu: dict[str, float] = {}
     source = "missing (no CUDA device here, no --gpu-times)"
@@ -300,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         source = f"measured here on {torch.cuda.get_device_name(0)}"
     print(f"Per-image times (medians; CPU ones over {args.samples} synthetic scenes at "
           f"{size[0]}x{size[1]}, one thread each):\n")
-    print("| quantity | seconds | where |")
-    print("|---|---:|---|")
+    print_table_header("quantity", "seconds", "where", align="lrl")
     cpu_names = {"crf": "t_crf: make-aff-labels per image (2 dense CRFs, 10 iterations), 1 process",
                  "walk": "t_walk: random walk per image (propagate_cams, sparse, beta 8, logt 8)",
                  "load_cls": f"t_load_cls: JPEG decode + train-cam augmentation (crop {CROP})",
@@ -316,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = estimate(cpu, gpu, args.images, cores, args.workers)
     print(f"\nEstimate for N = {args.images} images, {cores} CRF processes, {args.workers} loader "
           f"workers, one GPU:\n")
-    print("| stage | formula | time |")
-    print("|---|---|---:|")
+    print_table_header("stage", "formula", "time", align="llr")
     for stage, formula, seconds in rows:
         print(f"| {stage} | {formula} | {hours(seconds) if seconds is not None else 'MISSING'} |")
     known = sum(s for _, _, s in rows if s is not None)

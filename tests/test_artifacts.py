@@ -69,3 +69,13 @@ def test_remove_stale_tmp(tmp_path):
     (tmp_path / "b.png").write_bytes(b"")
     assert artifacts.remove_stale_tmp(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["b.png"]
+
+
+def test_cam_files_are_byte_identical_for_equal_arrays(tmp_path):
+    import time
+
+    maps = np.random.default_rng(1).random((1, 9, 11)).astype(np.float32)
+    artifacts.save_cam(tmp_path / "a.npz", np.array([3]), maps, 20)
+    time.sleep(1.1)  # a zip timestamp would differ now
+    artifacts.save_cam(tmp_path / "b.npz", np.array([3]), maps, 20)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()

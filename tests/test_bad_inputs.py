@@ -24,16 +24,10 @@ from affinitynet import config as C
 from affinitynet.artifacts import WorkDir
 from affinitynet.cli import main
 from affinitynet.data.synthetic import generate
-from affinitynet.pipeline import demo_config
 
-SETS = [
-    "device=cpu",
-    "train_cam.epochs=1", "train_cam.batch_size=2", "train_cam.crop=64", "train_cam.resize_long=[64,96]",
-    "train_cam.num_workers=0",
-    "make_cam.scales=[1.0]", "make_cam.flip=false", "make_cam.num_workers=0", "make_cam.sweep=false",
-    "aff_labels.processes=1", "aff_labels.crf_iterations=1",
-    "random_walk.logt=2",
-]
+from _helpers import single_torch_thread, tiny_sets, write_config
+
+SETS = tiny_sets(cam_epochs=1, crf_iterations=1, logt=2)
 BAD = "train_00001"  # the image a test spoils
 
 
@@ -53,10 +47,8 @@ class Case:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread: the CPU is shared with other test processes (and far faster so)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +66,8 @@ def base(tmp_path_factory) -> Case:
 
 
 def _write_case(root: Path, data: Path, work: Path) -> Case:
-    cfg = demo_config(work, SETS)
-    cfg.dataset.root = str(data)
     cfg_file = root / "config.yaml"
-    cfg_file.write_text(C.dump_yaml(cfg))
+    write_config(cfg_file, work, data, SETS)
     return Case(data, WorkDir(work), cfg_file)
 
 

@@ -53,3 +53,11 @@ def test_bad_yaml_file(tmp_path):
         C.load_config(C.RunConfig, f)
     with pytest.raises(ConfigError, match="does not exist"):
         C.load_config(C.RunConfig, tmp_path / "missing.yaml")
+
+
+def test_resnet50_gets_the_irn_recipe_unless_overridden():
+    cfg = C.load_config(C.RunConfig, None, ["train_cam.backbone=resnet50"])
+    assert (cfg.train_cam.epochs, cfg.train_cam.weight_decay, cfg.train_cam.crop) == (5, 1e-4, 512)
+    cfg = C.load_config(C.RunConfig, None, ["train_cam.backbone=resnet50", "train_cam.epochs=7"])
+    assert cfg.train_cam.epochs == 7 and cfg.train_cam.crop == 512
+    assert C.load_config(C.RunConfig, None, ["train_cam.backbone=vgg16"]).train_cam.epochs == 15

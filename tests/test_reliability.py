@@ -22,23 +22,16 @@ import pytest
 import torch
 
 from affinitynet import artifacts
-from affinitynet import config as C
 from affinitynet.artifacts import WorkDir
 from affinitynet.cli import main
 from affinitynet.data.synthetic import generate
-from affinitynet.pipeline import demo_config
+
+from _helpers import single_torch_thread, tiny_sets, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 # small and fast: 8 train + 2 val images, one scale, 4 training steps per epoch
-SETS = [
-    "device=cpu",
-    "train_cam.epochs=2", "train_cam.batch_size=2", "train_cam.crop=64", "train_cam.resize_long=[64,96]",
-    "train_cam.num_workers=0",
-    "make_cam.scales=[1.0]", "make_cam.flip=false", "make_cam.num_workers=0", "make_cam.sweep=false",
-    "aff_labels.processes=1", "aff_labels.crf_iterations=2",
-    "random_walk.logt=3",
-]
+SETS = tiny_sets(cam_epochs=2, crf_iterations=2, logt=3)
 
 # The driver runs one command of the CLI; with a delay it sleeps before every output write and
 # training step, so that the test can kill it mid-way. For make-cam the delay sits between the
@@ -70,10 +63,8 @@ DRIVER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +73,8 @@ def reference(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("reliability")
     data = root / "data"
     generate(data, 8, 2, seed=3)
-    cfg = demo_config(root / "ref", SETS)
-    cfg.dataset.root = str(data)
     cfg_file = root / "config.yaml"
-    cfg_file.write_text(C.dump_yaml(cfg))
+    cfg = write_config(cfg_file, root / "ref", data, SETS)
     wd = WorkDir(cfg.workdir)
     assert main(["train-cam", "--config", str(cfg_file)]) == 0
     assert main(["make-cam", "--config", str(cfg_file)]) == 0
@@ -103,10 +92,8 @@ def reference(tmp_path_factory, one_thread):
 
 
 def _config_for(ref: dict, workdir: Path) -> Path:
-    cfg = demo_config(workdir, SETS)
-    cfg.dataset.root = ref["cfg"].dataset.root
     path = workdir.parent / f"{workdir.name}.yaml"
-    path.write_text(C.dump_yaml(cfg))
+    write_config(path, workdir, ref["cfg"].dataset.root, SETS)
     return path
 
 

@@ -29,6 +29,23 @@ SWEEP_THRESHOLDS: np.ndarray = np.round(np.arange(0.05, 0.96, 0.05), 2)
 _NORM_EPS = 1e-5
 
 
+def background_score(cam_maps: np.ndarray | torch.Tensor, alpha: float) -> np.ndarray | torch.Tensor:
+    """Background score (1 - max over classes)^alpha (paper Eq. 8).
+
+    ``cam_maps`` (K, ...) class maps in [0, 1] (numpy or torch) -> (...) of the same kind;
+    alpha > 1 (paper: 4 / 32 for the CRF, 16 for the random walk) weakens the background where
+    any class is confident. With K = 0 the score is 1. Numpy stays numpy: the CRF runs in forked
+    worker processes, where torch's thread pool must not be touched.
+    """
+    if isinstance(cam_maps, torch.Tensor):
+        if cam_maps.shape[0] == 0:
+            return torch.ones(cam_maps.shape[1:], dtype=cam_maps.dtype, device=cam_maps.device)
+        return (1 - cam_maps.amax(dim=0)) ** alpha
+    if cam_maps.shape[0] == 0:
+        return np.ones(cam_maps.shape[1:], dtype=cam_maps.dtype)
+    return np.power(1 - np.max(cam_maps, axis=0), alpha)
+
+
 def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
     """Resize an HxWx3 uint8 RGB image by ``scale`` with Pillow bicubic.
 

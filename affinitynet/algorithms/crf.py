@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from affinitynet.algorithms.cam import background_score
+
 # Dense-CRF settings of the paper / PSA's crf_inference.
 CRF_DEFAULTS: dict[str, float] = {
     "iterations": 10,
@@ -60,11 +62,6 @@ def dense_crf(
     return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
 
 
-def background_score(maps: np.ndarray, alpha: float) -> np.ndarray:
-    """(1 - max over class maps)^alpha, shape (1, H, W); maps (k, H, W) in [0, 1], k >= 1."""
-    return np.power(1 - np.max(maps, axis=0, keepdims=True), alpha)
-
-
 def crf_with_background(image: np.ndarray, maps: np.ndarray, alpha: float, **crf_kw) -> np.ndarray:
     """Dense CRF over [background_score(maps, alpha)] + maps (not renormalised).
 
@@ -75,7 +72,8 @@ def crf_with_background(image: np.ndarray, maps: np.ndarray, alpha: float, **crf
     if maps.shape[0] == 0:
         # No object class: every pixel is background with certainty.
         return np.ones((1,) + tuple(image.shape[:2]), np.float32)
-    scores = np.concatenate([background_score(maps, alpha), maps], axis=0)
+    background = background_score(np.asarray(maps), alpha)[None]
+    scores = np.concatenate([background, maps], axis=0)
     return dense_crf(image, scores, **crf_kw)
 
 

@@ -20,20 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from affinitynet.algorithms.affinity import dense_affinity
+from affinitynet.algorithms.cam import background_score
 from affinitynet.algorithms.pairs import from_region, pair_offsets
 
 STRIDE = 8  # the affinity grid is the network's output stride (paper Sec. 4.1)
-
-
-def background_score(cam_maps: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Background score (1 - max over classes)^alpha (paper Eq. 8).
-
-    ``cam_maps`` (K, ...) class maps in [0, 1] -> (...); alpha > 1 (paper: 16 for the random
-    walk) weakens the background where any class is confident. With K = 0 the score is 1.
-    """
-    if cam_maps.shape[0] == 0:
-        return torch.ones(cam_maps.shape[1:], dtype=cam_maps.dtype, device=cam_maps.device)
-    return (1 - cam_maps.max(dim=0).values) ** alpha
 
 
 def random_walk_dense(cams: torch.Tensor, aff_dense: torch.Tensor, beta: float,
