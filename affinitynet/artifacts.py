@@ -175,11 +175,6 @@ def remove_stale_tmp(folder: str | Path) -> int:
     return n
 
 
-def pending(names: list[str], paths: list[Path]) -> list[str]:
-    """Names whose output file does not exist yet (resume: finished images are skipped)."""
-    return [n for n, p in zip(names, paths) if not p.exists()]
-
-
 # ----------------------------------------------------------------------------------------------
 # CAM files
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import argparse
 import errno
 import importlib
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from affinitynet import config as C
 from affinitynet.errors import AffinityNetError

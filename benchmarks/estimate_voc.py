@@ -221,6 +221,19 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def training_row(stage: str, symbol: str, step_key: str, load_key: str, epochs: int, batch: int,
+                 cpu: dict[str, float], gpu: dict[str, float], n: int,
+                 workers: int) -> tuple[str, str, float | None]:
+    """A training stage's row: epochs x images x max(GPU step per image, loading per image)."""
+    load = cpu[load_key] / workers
+    if step_key in gpu:
+        per = max(gpu[step_key] / batch, load)
+        return (stage, f"{epochs} x {n} x max({gpu[step_key]:.3f}/{batch}, {cpu[load_key]:.3f}/{workers})",
+                epochs * n * per)
+    return (stage, f"{epochs} x {n} x max({symbol}/{batch} MISSING, {cpu[load_key]:.3f}/{workers}) "
+            f">= {hours(epochs * n * load)} (loading bound)", None)
+
+
 def estimate(cpu: dict[str, float], gpu: dict[str, float], n: int, cores: int,
              workers: int) -> list[tuple[str, str, float | None]]:
     """Rows (stage, formula with numbers, seconds or None when a GPU number is missing)."""
@@ -228,28 +241,15 @@ def estimate(cpu: dict[str, float], gpu: dict[str, float], n: int, cores: int,
         return all(k in gpu for k in keys)
 
     rows: list[tuple[str, str, float | None]] = []
-    load_cls, load_aff = cpu["load_cls"] / workers, cpu["load_aff"] / workers
-    if have("train_cam_step_s"):
-        per = max(gpu["train_cam_step_s"] / CAM_BATCH, load_cls)
-        rows.append(("train-cam", f"{CAM_EPOCHS} x {n} x max({gpu['train_cam_step_s']:.3f}/{CAM_BATCH}, "
-                     f"{cpu['load_cls']:.3f}/{workers})", CAM_EPOCHS * n * per))
-    else:
-        rows.append(("train-cam", f"{CAM_EPOCHS} x {n} x max(t_cls_step/{CAM_BATCH} MISSING, "
-                     f"{cpu['load_cls']:.3f}/{workers}) >= {hours(CAM_EPOCHS * n * load_cls)} (loading bound)",
-                     None))
+    rows.append(training_row("train-cam", "t_cls_step", "train_cam_step_s", "load_cls", CAM_EPOCHS, CAM_BATCH,
+                             cpu, gpu, n, workers))
     if have("make_cam_s_per_image"):
         rows.append(("make-cam", f"{n} x {gpu['make_cam_s_per_image']:.3f}", n * gpu["make_cam_s_per_image"]))
     else:
         rows.append(("make-cam", f"{n} x t_make_cam MISSING", None))
     rows.append(("make-aff-labels (CRF)", f"{n} x {cpu['crf']:.3f} / {cores} processes", n * cpu["crf"] / cores))
-    if have("train_aff_step_s"):
-        per = max(gpu["train_aff_step_s"] / AFF_BATCH, load_aff)
-        rows.append(("train-aff", f"{AFF_EPOCHS} x {n} x max({gpu['train_aff_step_s']:.3f}/{AFF_BATCH}, "
-                     f"{cpu['load_aff']:.3f}/{workers})", AFF_EPOCHS * n * per))
-    else:
-        rows.append(("train-aff", f"{AFF_EPOCHS} x {n} x max(t_aff_step/{AFF_BATCH} MISSING, "
-                     f"{cpu['load_aff']:.3f}/{workers}) >= {hours(AFF_EPOCHS * n * load_aff)} (loading bound)",
-                     None))
+    rows.append(training_row("train-aff", "t_aff_step", "train_aff_step_s", "load_aff", AFF_EPOCHS, AFF_BATCH,
+                             cpu, gpu, n, workers))
     walk = gpu.get("random_walk_s_per_image", cpu["walk"])
     where = "GPU" if "random_walk_s_per_image" in gpu else "CPU"
     if have("aff_forward_s_per_image"):

@@ -13,7 +13,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
