@@ -87,8 +87,9 @@ class TrainCamConfig:
     crop: int = 448
     resize_long: tuple[int, int] = (256, 512)
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    num_workers: int = 2
-    amp: bool = True  # autocast on CUDA only
+    num_workers: int = 2  # persistent across epochs
+    amp: bool = True  # bf16 autocast, on CUDA only
+    channels_last: bool = True  # NHWC network and input, on CUDA only
     compile: bool = False
     seed: int = 0
 
@@ -103,7 +104,8 @@ class MakeCamConfig:
     save_pred: bool = True
     sweep: bool = True  # background-threshold sweep on the eval split
     num_workers: int = 2
-    amp: bool = False
+    amp: bool = False  # bf16 autocast, on CUDA only (CAMs then differ by ~1e-2 relative)
+    channels_last: bool = True  # NHWC network and input, on CUDA only
 
 
 @dataclass
@@ -132,8 +134,9 @@ class TrainAffConfig:
     resize_long: tuple[int, int] = (448, 768)
     color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
     radius: int = 5
-    num_workers: int = 2
-    amp: bool = True
+    num_workers: int = 2  # persistent across epochs
+    amp: bool = True  # bf16 autocast, on CUDA only
+    channels_last: bool = True  # NHWC network and input, on CUDA only
     compile: bool = False
     seed: int = 0
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from affinitynet.errors import AffinityNetError, InputError
 
@@ -56,6 +57,12 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
+def image_to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A (B, 3, H, W) batch to ``device``, NHWC when the network is (a CUDA speed-up)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(device, non_blocking=True, memory_format=fmt)
+
+
 def check_finite(loss: torch.Tensor, step: int, epoch: int, last_checkpoint: str) -> None:
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -81,40 +88,54 @@ def load_backbone_weights(net: torch.nn.Module, path: str) -> list[str]:
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """Seed of one epoch's augmentation on one rank; depends only on (seed, epoch, rank)."""
+    """Seed of the global RNG (dropout) for one epoch on one rank; depends only on (seed, epoch, rank)."""
     return seed * 100_003 + epoch + 7_919 * rank
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int, epoch: int, num_workers: int,
-            device: torch.device, dist_info, drop_last: bool) -> torch.utils.data.DataLoader:
-    """A DataLoader whose order and augmentation depend only on (seed, epoch), so a resumed run
-    sees exactly the batches an uninterrupted one would."""
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of one image's augmentation in one epoch: a function of (seed, epoch, index) only,
+    so the augmented images do not depend on the number of loader workers or ranks."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
 
-    g = torch.Generator()
-    # the rank term gives each rank its own worker augmentation stream (rank 0 = single process);
-    # the DistributedSampler's permutation must be the same on every rank, so it uses (seed, epoch)
-    g.manual_seed(_epoch_seed(seed, epoch, dist_info.rank))
-    if dist_info.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                     shuffle=shuffle, seed=seed, drop_last=drop_last)
-        sampler.set_epoch(epoch)
-    else:
-        sampler = RandomSampler(dataset, generator=g) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last, generator=g,
-                      persistent_workers=False)
+
+class EpochSampler(DistributedSampler):
+    """Yields ``(index, augmentation seed)`` for the datasets of the training stages.
+
+    A DistributedSampler, also for one process (``num_replicas=1``): the epoch's permutation is
+    drawn from ``seed + epoch`` and is the same on every rank, rank r takes every world-size-th
+    entry. So a global batch holds the same images, with the same augmentation, whatever the
+    number of ranks; and persistent loader workers need no reseeding between epochs.
+    """
+
+    def __iter__(self):
+        for index in super().__iter__():
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
+def _loader(dataset, batch_size: int, seed: int, num_workers: int, device: torch.device, dist_info,
+            drop_last: bool) -> tuple[DataLoader, EpochSampler]:
+    """One DataLoader for the whole run; call ``sampler.set_epoch(e)`` before each epoch. Its
+    order and augmentation depend only on (seed, epoch), so a resumed run sees exactly the
+    batches an uninterrupted one would. Workers persist across epochs; memory is pinned on CUDA."""
+    sampler = EpochSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                           shuffle=True, seed=seed, drop_last=drop_last)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", drop_last=drop_last,
+                        persistent_workers=num_workers > 0)
+    return loader, sampler
 
 
 def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_size: int, epochs: int,
         lr: float, weight_decay: float, momentum: float, num_workers: int, amp: bool, compile: bool,
-        seed: int, resume: bool, config, desc: str) -> dict[str, Any]:
+        seed: int, resume: bool, config, desc: str, channels_last: bool = False) -> dict[str, Any]:
     """The training loop shared by train-cam and train-aff.
 
-    ``loss_fn(model, batch) -> (loss, extra_metrics)``. The global ``batch_size`` is split over
+    ``loss_fn(model, batch) -> (loss, extra_metrics)``. ``train_set`` items are
+    ``(index, augmentation seed)`` pairs (see ``EpochSampler``); ``val_set`` items plain indices. The global ``batch_size`` is split over
     the ranks; the poly schedule counts global steps. Rank 0 writes ``out_dir/checkpoint.pt``
     after every epoch (model, optimizer incl. schedule step, epoch, RNG states, config),
-    ``out_dir/final.pth`` at the end and ``out_dir/log.jsonl`` throughout.
+    ``out_dir/final.pth`` at the end and ``out_dir/log.jsonl`` throughout. ``channels_last``
+    converts the network to NHWC (``loss_fn`` converts its input, see ``image_to``).
     """
     from pathlib import Path
 
@@ -136,10 +157,13 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
         print(f"{desc}: batch size {batch_size} is global; {dist_info.world_size} ranks take "
               f"{per_rank} images each, i.e. {per_rank * dist_info.world_size} per step")
     drop_last = len(train_set) >= per_rank * dist_info.world_size
-    steps_per_epoch = len(_loader(train_set, per_rank, True, seed, 0, 0, torch.device("cpu"), dist_info, drop_last))
+    loader, sampler = _loader(train_set, per_rank, seed, num_workers, device, dist_info, drop_last)
+    steps_per_epoch = len(loader)
     max_step = max(1, steps_per_epoch * epochs)
     seed_everything(seed)
     net.to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(net, lr=lr, weight_decay=weight_decay, max_step=max_step,
                                 momentum=None if momentum < 0 else momentum)
     start_epoch, step = 0, 0
@@ -157,10 +181,11 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
     if compile:
         model = torch.compile(model)
     history: list[dict[str, Any]] = []
+    bar = None
     for epoch in range(start_epoch, epochs):
-        # augmentation in the main process (num_workers=0); each rank its own stream
+        # dropout masks come from the global RNG (augmentation has its own per-image seeds)
         torch.manual_seed(_epoch_seed(seed, epoch, dist_info.rank))
-        loader = _loader(train_set, per_rank, True, seed, epoch, num_workers, device, dist_info, drop_last)
+        sampler.set_epoch(epoch)
         model.train()
         total, count, t_epoch = 0.0, 0, time.time()
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not dist_info.is_main,
@@ -199,8 +224,10 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
             msg = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.endswith("loss"))
             print(f"{desc}: epoch {epoch + 1}/{epochs} {msg} ({record['seconds']:.1f}s)")
         distributed.barrier()
+    del loader, bar  # the last references to the persistent workers: stops them
     if dist_info.is_main:
-        artifacts.save_checkpoint(final_path, distributed.unwrap(net).state_dict())
+        state = {k: v.contiguous() for k, v in distributed.unwrap(net).state_dict().items()}
+        artifacts.save_checkpoint(final_path, state)
     distributed.barrier()
     return {"final": str(final_path), "steps": step, "history": history}
 

@@ -57,6 +57,19 @@ def torchrun(nproc: int, *args: str, timeout: float = 240, target: tuple[str, ..
 # ------------------------------------------------------------------------------------------
 # workers (run under torchrun, and in-process for the single-process reference)
 # ------------------------------------------------------------------------------------------
+class _Seeded(torch.utils.data.Dataset):
+    """A dataset without augmentation that takes fit's (index, augmentation seed) items."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item):
+        return self.base[item[0]]
+
+
 def _fit_worker(out: Path, frozen_bn: bool) -> dict:
     """Two epochs of one step each (8 images, global batch 8) of a tiny classifier via
     ``training.fit``; with ``frozen_bn`` BN runs in eval mode, so the step depends only on the
@@ -79,7 +92,7 @@ def _fit_worker(out: Path, frozen_bn: bool) -> dict:
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(8, 3, 48, 48, generator=gen)
     labels = (torch.rand(8, 3, generator=gen) > 0.5).float()
-    train_set = TensorDataset(images, labels)
+    train_set = _Seeded(TensorDataset(images, labels))
     val_set = TensorDataset(images[:5] * 0.5, labels[:5])  # 5: ranks get 3 and 2 images
 
     def loss_fn(model, batch):

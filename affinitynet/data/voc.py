@@ -278,6 +278,15 @@ class VOCDataset:
 # -----------------------------------------------------------------------------------------------
 # Torch datasets for the training stages
 # -----------------------------------------------------------------------------------------------
+def _index_and_generator(item: int | tuple[int, int]) -> tuple[int, torch.Generator | None]:
+    """Dataset items are an index, or (index, augmentation seed) from the training sampler
+    (``training.EpochSampler``); the seed makes the augmentation a function of the item alone."""
+    if isinstance(item, tuple):
+        idx, seed = item
+        return int(idx), torch.Generator().manual_seed(int(seed))
+    return int(item), None
+
+
 class ClassificationDataset(Dataset):
     """(image, image label, name) for training the classifier (paper Sec. 3.1).
 
@@ -304,10 +313,14 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
+        idx, gen = _index_and_generator(item)
         name = self.names[idx]
         image = self.voc.load_image(name)
-        x = self.transform(image) if self.transform is not None else normalize(image, "imagenet")
+        if self.transform is None:
+            x = normalize(image, "imagenet")
+        else:
+            x = self.transform(image) if gen is None else self.transform(image, generator=gen)
         return x, torch.from_numpy(self.voc.image_labels(name)), name
 
 
@@ -338,7 +351,8 @@ class AffinityDataset(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
+        idx, gen = _index_and_generator(item)
         name = self.names[idx]
         image = self.voc.load_image(name)
         path = self.label_dir / f"{name}.png"
@@ -348,7 +362,10 @@ class AffinityDataset(Dataset):
                              f"the image's {image.shape[1]}x{image.shape[0]}")
         if self.joint_transform is None:
             return normalize(image, "imagenet"), torch.from_numpy(label), name
-        out = self.joint_transform(image, label)
+        if gen is None:
+            out = self.joint_transform(image, label)
+        else:
+            out = self.joint_transform(image, label, generator=gen)
         return out[0], out[-1], name
 
 

@@ -87,7 +87,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     names = infer_names(cfg, voc)
     net = build_classifier(cfg.train_cam.backbone, voc.num_classes)
     load_trained(net, wd.classifier / "final.pth", "classifier")
-    cam_fn = cam_function(net, device, amp=mc.amp)
+    cam_fn = cam_function(net, device, amp=mc.amp,
+                          channels_last=mc.channels_last and device.type == "cuda")
 
     def norm(image: np.ndarray) -> torch.Tensor:
         return normalize(image, net.normalization)

@@ -52,8 +52,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     names = [n for n in voc.split(cfg.dataset.train_split) if n in set(infer_names(cfg, voc))]
     train_set = AffinityDataset(voc, names, wd.aff_labels, transform)
 
+    channels_last = ta.channels_last and device.type == "cuda"
+
     def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        image, grid_label = batch[0].to(device, non_blocking=True), batch[1]
+        image, grid_label = training.image_to(batch[0], device, channels_last), batch[1]
         aff = pair_affinity(model(image).float(), ta.radius)  # model(): DDP syncs only forward()
         bg_pos, fg_pos, neg = (t.to(device) for t in affinity_labels(grid_label, ta.radius))
         return affinity_loss(aff, bg_pos, fg_pos, neg)
@@ -64,6 +66,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         device=device, dist_info=dist_info, batch_size=ta.batch_size, epochs=ta.epochs, lr=ta.lr,
         weight_decay=ta.weight_decay, momentum=ta.momentum, num_workers=ta.num_workers, amp=ta.amp,
         compile=ta.compile, seed=ta.seed, resume=resume, config=cfg, desc="train-aff",
+        channels_last=channels_last,
     )
     result["seconds"] = time.time() - t0
     return result

@@ -47,8 +47,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         val_tf = ResizePadTransform(tc.crop, net.normalization)
         val_set = ClassificationDataset(voc, voc.split(cfg.dataset.val_split), val_tf)
 
+    channels_last = tc.channels_last and device.type == "cuda"
+
     def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        image, label = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        image, label = training.image_to(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
         logits = model(image)
         loss = F.multilabel_soft_margin_loss(logits.float(), label)
         return loss, {}
@@ -74,6 +76,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         resume=resume,
         config=cfg,
         desc="train-cam",
+        channels_last=channels_last,
     )
     result["seconds"] = time.time() - t0
     return result
