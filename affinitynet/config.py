@@ -105,7 +105,7 @@ class MakeCamConfig:
     sweep: bool = True  # background-threshold sweep on the eval split
     num_workers: int = 2
     amp: bool = False  # bf16 autocast, on CUDA only (CAMs then differ by ~1e-2 relative)
-    channels_last: bool = True  # NHWC network and input, on CUDA only
+    channels_last: bool = True  # NHWC network and input (faster on CUDA and CPU)
 
 
 @dataclass

@@ -10,9 +10,10 @@ images in the same process, alternating per image:
 - ``one pass at a time``: 8 separate forward passes per image (each scale, then its flip) under
   ``torch.no_grad``, contiguous NCHW, summed in PSA's order — the original's form;
 - ``make-cam``: ``affinitynet.algorithms.cam.multiscale_cam`` with the network call of
-  ``affinitynet.stages.make_cam.cam_function`` (image and flip as one batch of 2,
-  ``torch.inference_mode``, channels-last on CUDA), exactly what the stage runs;
-- ``make-cam + channels-last`` (CPU only): the same with an NHWC network and input;
+  ``affinitynet.stages.make_cam.cam_function``, exactly what the stage runs on this device:
+  ``torch.inference_mode``, channels-last network and input, and on CUDA the image and its flip
+  as one batch of 2 (``batch_flip_on``; on the CPU two passes of 1 are faster);
+- CPU only, for comparison: the flip pair batched, in NCHW and in channels-last;
 - ``make-cam bf16 autocast``: on CUDA always; on the CPU with ``--bf16-cpu`` (not what make-cam
   does on the CPU).
 
@@ -26,6 +27,7 @@ the CPU run uses few images (default 2).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
@@ -42,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when l
 from affinitynet.algorithms.cam import CAM_SCALES, multiscale_cam, resize_image  # noqa: E402
 from affinitynet.data.transforms import normalize  # noqa: E402
 from affinitynet.models import build_classifier  # noqa: E402
-from affinitynet.stages.make_cam import cam_function  # noqa: E402
+from affinitynet.stages.make_cam import batch_flip_on, cam_function  # noqa: E402
 from _common import machine, print_table_header, run_main, sync  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -66,6 +69,33 @@ def one_pass_at_a_time(net: torch.nn.Module, image: np.ndarray, label: np.ndarra
         norm = total / (total.amax(dim=(1, 2), keepdim=True) + 1e-5)
         keys = np.flatnonzero(label).astype(np.int64)
         return keys, norm[torch.from_numpy(keys).to(device)].cpu().numpy()
+
+
+def network_flops(net: torch.nn.Module, height: int, width: int, scales: tuple[float, ...]) -> float:
+    """FLOPs of the 8 passes of one image (torch's FlopCounterMode on a meta-device copy, so
+    nothing is computed): what every variant executes, whatever its batching or layout."""
+    meta = copy.deepcopy(net).to("meta")
+    blank = np.zeros((height, width, 3), np.uint8)
+    total = 0
+    for scale in scales:
+        h, w = resize_image(blank, scale).shape[:2]
+        with FlopCounterMode(display=False) as counter:
+            meta.cam(torch.empty(2, 3, h, w, device="meta"))  # the image and its flip
+        total += counter.get_total_flops()
+    return float(total)
+
+
+def matmul_rate(device: torch.device, n: int = 4096, repeats: int = 3) -> float:
+    """FLOP/s of an n x n fp32 matrix product on ``device``: the dense-arithmetic rate this
+    machine reaches with the same threads, for comparison with the passes' rate."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,7 +137,7 @@ def _main(argv: list[str] | None) -> int:
     def norm(image: np.ndarray) -> torch.Tensor:
         return normalize(image, net.normalization)
 
-    def make_cam_form(channels_last: bool | None, amp: bool) -> Callable:
+    def make_cam_form(channels_last: bool, batch_flip: bool, amp: bool) -> Callable:
         model = net
         if channels_last:  # converts the weights in place: give it its own copy
             model = build_classifier(args.backbone, args.classes)
@@ -121,24 +151,24 @@ def _main(argv: list[str] | None) -> int:
                     return plain_fn(x)
 
         return lambda image, label: multiscale_cam(cam_fn, image, label, norm, scales=scales,
-                                                   flip=True, batch_flip=True, device=device)
+                                                   flip=True, batch_flip=batch_flip, device=device)
 
     net.eval().to(device)
+    stage_batch = batch_flip_on(device)
     variants: list[tuple[str, Callable]] = [
         ("one pass at a time (8 passes, no_grad, NCHW)",
-         lambda image, label: one_pass_at_a_time(net, image, label, scales, device))]
+         lambda image, label: one_pass_at_a_time(net, image, label, scales, device)),
+        (f"make-cam's form (inference_mode, channels-last, "
+         f"{'flip pair batched' if stage_batch else '8 passes of 1'})",
+         make_cam_form(True, stage_batch, False))]
     if device.type == "cuda":
-        variants.append(("make-cam fp32 (flip pair batched, inference_mode, channels-last)",
-                         make_cam_form(None, False)))
-        variants.append(("make-cam bf16 autocast (flip pair batched, inference_mode, channels-last)",
-                         make_cam_form(None, True)))
+        variants.append(("make-cam bf16 autocast (same form)", make_cam_form(True, stage_batch, True)))
     else:
-        variants.append(("make-cam (flip pair batched, inference_mode, NCHW on CPU)",
-                         make_cam_form(None, False)))
-        variants.append(("make-cam + channels-last on CPU", make_cam_form(True, False)))
+        variants.append(("flip pair batched, inference_mode, NCHW", make_cam_form(False, True, False)))
+        variants.append(("flip pair batched, inference_mode, channels-last", make_cam_form(True, True, False)))
         if args.bf16_cpu:
-            variants.append(("make-cam + bf16 autocast on CPU (not used by make-cam)",
-                             make_cam_form(None, True)))
+            variants.append(("make-cam's form + bf16 autocast on CPU (not used by make-cam)",
+                             make_cam_form(True, stage_batch, True)))
 
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"Machine: {machine(gpu)}\n")
@@ -178,6 +208,17 @@ def _main(argv: list[str] | None) -> int:
     print(f"\nLoad average at end: {os.getloadavg()[0]:.2f}. make-cam also decodes images in "
           f"DataLoader workers (make_cam.num_workers, default 2), overlapping loading with the "
           f"network; not part of these timings.")
+    flops = network_flops(net, height, width, scales)
+    rate = flops * len(images) / seconds[base_name]
+    n = 256 if args.quick else 4096
+    matmul = matmul_rate(device, n=n)
+    print("\nWork per image (the same in every variant, batching and layout change no FLOP):\n")
+    print_table_header("quantity", "value", align="lr")
+    print(f"| network FLOPs per image, {2 * len(scales)} passes | {flops / 1e12:.2f} TFLOP |")
+    print(f"| rate of 'one pass at a time' | {rate / 1e9:.0f} GFLOP/s |")
+    print(f"| fp32 matrix product ({n}x{n}) on the same device and threads | {matmul / 1e9:.0f} GFLOP/s |")
+    print(f"| rate a 1.5x speed-up would need | {1.5 * rate / 1e9:.0f} GFLOP/s "
+          f"({1.5 * rate / matmul:.1f}x the matrix product) |")
     make_cam_name = variants[1][0]
     speedup, err = results[make_cam_name]
     print("\nTargets:")

@@ -5,8 +5,8 @@ Usage: python benchmarks/bench_training.py [--images 64] [--epochs 2] [--compile
 CPU part: the real stages, ``train_cam.run`` (tiny backbone classifier, crop 224, batch 16) and
 ``train_aff.run`` (tiny AffinityNet, crop 224, batch 8), on the synthetic dataset, with DataLoader
 ``num_workers`` 0 vs 2 side by side (alternating). Images/s is measured on the last epoch (the
-first one also pays one-off costs); an epoch includes starting its loader workers, as in the
-stage. AffinityNet trains on the ground truth written as its label maps (speed does not depend on
+first one also pays one-off costs, among them starting the loader workers, which then persist
+across epochs as in the stage). AffinityNet trains on the ground truth written as its label maps (speed does not depend on
 the labels).
 
 CUDA part (runs when ``torch.cuda.is_available()``): step time of ResNet-38 training at crop 448,

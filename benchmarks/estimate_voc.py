@@ -141,7 +141,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     """Per-step / per-image seconds of the network parts on ``device`` (keys of GPU_KEYS and
     OPTIONAL_GPU_KEYS). Random data: speed does not depend on it. Runs on any device; the
     estimate uses it on CUDA only."""
-    from affinitynet.stages.make_cam import cam_function
+    from affinitynet.stages.make_cam import batch_flip_on, cam_function
     from affinitynet.stages.random_walk import image_affinity
 
     def sync_device() -> None:
@@ -174,7 +174,8 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     label[[3, 11]] = 1
     out["make_cam_s_per_image"] = median_time(
         lambda: multiscale_cam(cam_fn, image, label, lambda im: normalize(im, net.normalization),
-                               scales=scales, device=device), max(1, repeats // 2), 1, sync_device)
+                               scales=scales, batch_flip=batch_flip_on(device), device=device),
+        max(1, repeats // 2), 1, sync_device)
     del net, opt, x
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -53,17 +53,14 @@ def raise_if_error(image: Any) -> None:
 
 
 def cam_function(net: torch.nn.Module, device: torch.device, amp: bool = False,
-                 channels_last: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                 channels_last: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """make-cam's network call for ``multiscale_cam``: puts ``net`` in eval mode on ``device``
     and returns x (B, 3, h, w) float -> CAMs (B, C, ceil(h/8), ceil(w/8)) float32 >= 0.
 
     ``amp``: bf16 autocast, on CUDA only (CAMs differ from fp32 by ~1e-2 relative).
-    ``channels_last`` (default: on CUDA only): NHWC network and input. On the CPU ResNet-38
-    at VOC size measured no gain from it (nor from batching the flip pair: the passes are
-    ~97 % convolution FLOPs; benchmarks/bench_cam_inference.py), so the CPU keeps NCHW.
+    ``channels_last``: NHWC network and input; faster on CUDA and, for ResNet-38 at VOC size,
+    ~1.15x on the CPU too (benchmarks/bench_cam_inference.py).
     """
-    if channels_last is None:
-        channels_last = device.type == "cuda"
     net.eval().to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
@@ -79,6 +76,12 @@ def cam_function(net: torch.nn.Module, device: torch.device, amp: bool = False,
     return cam_fn
 
 
+def batch_flip_on(device: torch.device) -> bool:
+    """Whether make-cam runs an image and its flip as one batch of 2: on CUDA (fewer, fuller
+    kernels); on the CPU two passes of 1 measured 5-10 % faster (benchmarks/bench_cam_inference.py)."""
+    return device.type == "cuda"
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     mc = cfg.make_cam
     _, device = distributed.setup(cfg.device)
@@ -87,8 +90,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     names = infer_names(cfg, voc)
     net = build_classifier(cfg.train_cam.backbone, voc.num_classes)
     load_trained(net, wd.classifier / "final.pth", "classifier")
-    cam_fn = cam_function(net, device, amp=mc.amp,
-                          channels_last=mc.channels_last and device.type == "cuda")
+    cam_fn = cam_function(net, device, amp=mc.amp, channels_last=mc.channels_last)
 
     def norm(image: np.ndarray) -> torch.Tensor:
         return normalize(image, net.normalization)
@@ -106,7 +108,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if label.sum() == 0:
             raise InputError(f"{voc.image_path(name)}: image '{name}' has no class label, so it has no "
                              "CAM to infer (label it or remove it from the inference splits)")
-        keys, maps = multiscale_cam(cam_fn, image, label, norm, scales=mc.scales, flip=mc.flip, device=device)
+        keys, maps = multiscale_cam(cam_fn, image, label, norm, scales=mc.scales, flip=mc.flip,
+                                    batch_flip=batch_flip_on(device), device=device)
         if mc.save_pred:
             save_label_png(wd.png(wd.cam_pred, name),
                            cam_prediction(keys, maps, image.shape[:2], bg_score=mc.bg_score))
