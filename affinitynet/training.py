@@ -130,11 +130,12 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
         seed: int, resume: bool, config, desc: str, channels_last: bool = False) -> dict[str, Any]:
     """The training loop shared by train-cam and train-aff.
 
-    ``loss_fn(model, batch) -> (loss, extra_metrics)``. ``train_set`` items are
-    ``(index, augmentation seed)`` pairs (see ``EpochSampler``); ``val_set`` items plain indices. The global ``batch_size`` is split over
-    the ranks; the poly schedule counts global steps. Rank 0 writes ``out_dir/checkpoint.pt``
-    after every epoch (model, optimizer incl. schedule step, epoch, RNG states, config),
-    ``out_dir/final.pth`` at the end and ``out_dir/log.jsonl`` throughout. ``channels_last``
+    ``loss_fn(model, batch) -> (loss, extra_metrics)``. ``train_set`` is indexed with
+    ``(index, augmentation seed)`` pairs (see ``EpochSampler``), ``val_set`` with plain indices.
+    The global ``batch_size`` is split over the ranks; the poly schedule counts global steps.
+    Rank 0 writes ``out_dir/checkpoint.pt`` after every epoch (model, optimizer incl. schedule
+    step, epoch, RNG states, config), ``out_dir/final.pth`` at the end and ``out_dir/log.jsonl``
+    throughout. ``channels_last``
     converts the network to NHWC (``loss_fn`` converts its input, see ``image_to``).
     """
     from pathlib import Path

@@ -78,7 +78,7 @@ def cam_function(net: torch.nn.Module, device: torch.device, amp: bool = False,
 
 def batch_flip_on(device: torch.device) -> bool:
     """Whether make-cam runs an image and its flip as one batch of 2: on CUDA (fewer, fuller
-    kernels); on the CPU two passes of 1 measured 5-10 % faster (benchmarks/bench_cam_inference.py)."""
+    kernels); on the CPU two passes of 1 measured ~10 % faster (benchmarks/bench_cam_inference.py)."""
     return device.type == "cuda"
 
 
