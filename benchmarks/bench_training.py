@@ -12,7 +12,8 @@ the labels).
 CUDA part (runs when ``torch.cuda.is_available()``): step time of ResNet-38 training at crop 448,
 batch 8 (classifier loss; random images, so data loading is excluded) in fp32, bf16 autocast
 (the stages' ``amp``), and bf16 autocast + channels-last; ``--compile`` adds ``torch.compile``
-rows. Without a CUDA device these rows print "skipped: no CUDA device".
+rows. Without a CUDA device these rows print "skipped: no CUDA device"; ``--skip-cpu`` leaves
+out the CPU part (on a GPU machine, see ``gpu_check.sh``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from affinitynet.data.synthetic import generate  # noqa: E402
 from affinitynet.models import build_classifier, build_optimizer  # noqa: E402
 from affinitynet.pipeline import demo_config  # noqa: E402
 from affinitynet.stages import train_aff, train_cam  # noqa: E402
-from _common import cuda_suffix, machine, print_table_header, run_main  # noqa: E402
+from _common import cuda_suffix, machine, print_table_header, run_main, sync  # noqa: E402
 
 
 def cpu_stage(stage: str, cfg, workers: int, epochs: int) -> dict:
@@ -83,9 +84,11 @@ def cpu_rows(n_images: int, epochs: int, rounds: int, tmp: Path, crop: int = 224
     return rows
 
 
-def cuda_rows(steps: int, warmup: int, use_compile: bool, batch: int = 8, crop: int = 448) -> list[dict]:
-    """Step time of ResNet-38 classifier training on random data, per variant."""
-    device = torch.device("cuda")
+def step_rows(steps: int, warmup: int, use_compile: bool, device: torch.device, backbone: str = "resnet38",
+              batch: int = 8, crop: int = 448) -> list[dict]:
+    """Step time of classifier training on random data, per variant (fp32, bf16 autocast,
+    + channels-last, + torch.compile): the GPU rows; any device runs them (the smoke test uses
+    the CPU with the tiny backbone)."""
     variants = [("fp32", False, False, False), ("bf16 autocast", True, False, False),
                 ("bf16 autocast + channels-last", True, True, False)]
     if use_compile:
@@ -93,32 +96,35 @@ def cuda_rows(steps: int, warmup: int, use_compile: bool, batch: int = 8, crop: 
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, 3, crop, crop, generator=gen).to(device)
     y = (torch.rand(batch, 20, generator=gen) < 0.15).float().to(device)
+    cuda = device.type == "cuda"
     rows = []
     for name, amp, channels_last, compiled in variants:
         torch.manual_seed(0)
-        net = build_classifier("resnet38", 20).to(device)
+        net = build_classifier(backbone, 20).to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=steps + warmup)
         model = torch.compile(net) if compiled else net
         inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         times = []
-        torch.cuda.reset_peak_memory_stats(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         for i in range(warmup + steps):
-            torch.cuda.synchronize(device)
+            sync(device)
             start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = F.multilabel_soft_margin_loss(model(inp).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            torch.cuda.synchronize(device)
+            sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-        rows.append({"variant": name, "step_s": float(np.median(times)),
-                     "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9})
+        rows.append({"variant": name, "step_s": float(np.median(times)), "batch": batch,
+                     "peak_gb": torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")})
         del net, model, optimizer
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     for r in rows:
         r["speedup"] = rows[0]["step_s"] / r["step_s"]
     return rows
@@ -132,6 +138,7 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed CUDA steps (median)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed CUDA steps")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile on CUDA")
+    parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA rows (on a GPU machine)")
     parser.add_argument("--crop", type=int, default=224, help="CPU part's crop (multiple of 8)")
     parser.add_argument("--batch-cam", type=int, default=16)
     parser.add_argument("--batch-aff", type=int, default=8)
@@ -142,28 +149,33 @@ def _main(argv: list[str] | None) -> int:
         args.images, args.epochs, args.rounds, args.steps, args.warmup = 8, 1, 1, 3, 1
         args.crop, args.batch_cam, args.batch_aff = 96, 4, 4
     print(f"Machine: {machine(cuda_suffix())}\n")
-    print(f"CPU: tiny backbone, real training stages on {args.images} synthetic images "
-          f"(200-320 px, long side resized to 200-320, crop {args.crop}), {args.epochs} epoch(s), last "
-          f"epoch timed, best of {args.rounds} round(s)\n")
-    print_table_header("stage", "batch", "DataLoader workers", "steps / epoch", "epoch time", "images/s",
-                       "speedup vs 0 workers", align="lrrrrrr")
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in cpu_rows(args.images, args.epochs, args.rounds, Path(tmp), args.crop,
-                          args.batch_cam, args.batch_aff):
-            print(f"| {r['stage']} (tiny) | {r['batch']} | {r['workers']} | {r['steps']} | "
-                  f"{r['epoch_s']:.2f} s | {r['ips']:.1f} | {r['speedup']:.2f}x |", flush=True)
-    print(f"\nLoad average after the CPU part: {os.getloadavg()[0]:.2f} (on a 2-core machine the "
-          f"loader workers compete with the training step for the same cores).\n")
+    if not args.skip_cpu:
+        print(f"CPU: tiny backbone, real training stages on {args.images} synthetic images "
+              f"(200-320 px, long side resized to 200-320, crop {args.crop}), {args.epochs} epoch(s), "
+              f"last epoch timed, best of {args.rounds} round(s)\n")
+        print_table_header("stage", "batch", "DataLoader workers", "steps / epoch", "epoch time",
+                           "images/s", "speedup vs 0 workers", align="lrrrrrr")
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in cpu_rows(args.images, args.epochs, args.rounds, Path(tmp), args.crop,
+                              args.batch_cam, args.batch_aff):
+                print(f"| {r['stage']} (tiny) | {r['batch']} | {r['workers']} | {r['steps']} | "
+                      f"{r['epoch_s']:.2f} s | {r['ips']:.1f} | {r['speedup']:.2f}x |", flush=True)
+        print(f"\nLoad average after the CPU part: {os.getloadavg()[0]:.2f} (on a 2-core machine the "
+              f"loader workers compete with the training step for the same cores).\n")
     print("CUDA: ResNet-38 classifier training step, crop 448, batch 8, random data\n")
     if not torch.cuda.is_available():
         print("skipped: no CUDA device")
         return 0
+    print_step_rows(step_rows(args.steps, args.warmup, args.compile, torch.device("cuda")))
+    return 0
+
+
+def print_step_rows(rows: list[dict]) -> None:
     print_table_header("variant", "step time (median)", "images/s", "speedup vs fp32", "peak GPU memory",
                        align="lrrrr")
-    for r in cuda_rows(args.steps, args.warmup, args.compile):
-        print(f"| {r['variant']} | {r['step_s'] * 1000:.0f} ms | {8 / r['step_s']:.1f} | "
+    for r in rows:
+        print(f"| {r['variant']} | {r['step_s'] * 1000:.0f} ms | {r['batch'] / r['step_s']:.1f} | "
               f"{r['speedup']:.2f}x | {r['peak_gb']:.1f} GB |", flush=True)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

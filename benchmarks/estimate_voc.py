@@ -3,6 +3,7 @@ per-image times.
 
 Usage: python benchmarks/estimate_voc.py [--gpu-times FILE_OR_JSON] [--cores 16] [--workers 2]
                                          [--images 10582] [--quick]
+       python benchmarks/estimate_voc.py --gpu-only gpu_times.json   (on a GPU machine)
 
 Stages and the paper's settings: train-cam (ResNet-38 classifier, 15 epochs, batch 16, crop 448),
 make-cam (4 scales x flip), make-aff-labels (two dense CRFs per image, a process pool over the
@@ -270,7 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (the stages' default 2)")
     parser.add_argument("--samples", type=int, default=6, help="VOC-size images measured on the CPU")
     parser.add_argument("--quick", action="store_true", help="smoke mode: 2 images at 250x188")
+    parser.add_argument("--gpu-only", metavar="JSON",
+                        help="on a GPU machine: measure the GPU seconds only and write them to JSON "
+                             "(for --gpu-times elsewhere; the CPU part needs pydensecrf)")
     args = parser.parse_args(argv)
+    if args.gpu_only:
+        if not torch.cuda.is_available():
+            print("--gpu-only: no CUDA device", file=sys.stderr)
+            return 2
+        times = {"device": torch.cuda.get_device_name(0), **measure_gpu(torch.device("cuda"))}
+        Path(args.gpu_only).write_text(json.dumps(times, indent=1) + "\n")
+        print(json.dumps(times, indent=1))
+        return 0
     size = VOC_SIZE
     if args.quick:
         args.samples, size = 2, (250, 188)

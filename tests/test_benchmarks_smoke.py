@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -118,3 +119,24 @@ def test_estimate_voc_network_timings_run_on_cpu():
         torch.set_num_threads(threads)
     assert set(est.GPU_KEYS) <= set(out)
     assert all(v > 0 for v in out.values())
+
+
+def test_bench_training_step_rows_run_on_cpu():
+    """The GPU rows' code (fp32 / bf16 autocast / channels-last steps), on the CPU, tiny backbone."""
+    bench = load("bench_training")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = bench.step_rows(2, 1, False, torch.device("cpu"), backbone="tiny", batch=2, crop=64)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["variant"] for r in rows] == ["fp32", "bf16 autocast", "bf16 autocast + channels-last"]
+    assert rows[0]["speedup"] == 1.0 and all(r["step_s"] > 0 for r in rows)
+
+
+def test_estimate_voc_gpu_only_needs_cuda(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA --gpu-only measures for real (benchmarks/gpu_check.sh)")
+    assert load("estimate_voc").main(["--gpu-only", str(tmp_path / "gpu.json")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "gpu.json").exists()
