@@ -10,6 +10,8 @@ Layout of a work folder (``RunConfig.workdir``)::
     aff_labels/<image>.png          stage 2b: confident labels (0 bg, c+1 object, 255 unsure)
     affinity/                       stage 3: checkpoint.pt, final.pth, log.jsonl
     pseudo_labels/<image>.png       stage 4: random-walk pseudo labels
+    segmentation/                   stage 5a: checkpoint.pt, final.pth, log.jsonl
+    seg_pred/<image>.png            stage 5b: the segmentation network's labels
     vis/                            pictures of CAMs and labels
 
 CAM file format (``.npz``, no pickles), version 1:
@@ -83,6 +85,14 @@ class WorkDir:
     @property
     def pseudo_labels(self) -> Path:
         return self.root / "pseudo_labels"
+
+    @property
+    def segmentation(self) -> Path:
+        return self.root / "segmentation"
+
+    @property
+    def seg_pred(self) -> Path:
+        return self.root / "seg_pred"
 
     @property
     def vis(self) -> Path:

@@ -22,7 +22,12 @@ PIPELINE_STAGES = {
     "make-aff-labels": ("make_aff_labels", "stage 2b: dense-CRF confident labels for AffinityNet"),
     "train-aff": ("train_aff", "stage 3: train AffinityNet"),
     "random-walk": ("random_walk", "stage 4: random walk -> pseudo labels (+ evaluation)"),
+    "train-seg": ("train_seg", "stage 5a: train the segmentation network on the pseudo labels"),
+    "segment": ("segment", "stage 5b: segment a split with it (+ evaluation)"),
 }
+
+
+TRAINING_STAGES = ("train-cam", "train-aff", "train-seg")
 
 
 def _stage(module: str) -> Any:
@@ -49,7 +54,7 @@ def _run_config(args: argparse.Namespace) -> C.RunConfig:
 
 
 def _alias(item: str) -> str:
-    """``backbone=x`` is short for setting both networks' backbone (train_cam.backbone)."""
+    """``backbone=x`` is short for setting every network's backbone (train_cam.backbone)."""
     key, _, value = item.partition("=")
     if key.strip() == "backbone":
         return f"train_cam.backbone={value}"
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in PIPELINE_STAGES.items():
         p = sub.add_parser(name, help=help_text)
         _add_run_options(p)
-        if name in ("train-cam", "train-aff"):
+        if name in TRAINING_STAGES:
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     p = sub.add_parser("run", help="the whole pipeline from one YAML config")
@@ -116,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> Any:
     if cmd in PIPELINE_STAGES:
         cfg = _run_config(args)
         mod = _stage(PIPELINE_STAGES[cmd][0])
-        if cmd in ("train-cam", "train-aff"):
+        if cmd in TRAINING_STAGES:
             return mod.run(cfg, resume=args.resume)
         return mod.run(cfg)
     if cmd == "run":

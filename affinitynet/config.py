@@ -153,6 +153,42 @@ class RandomWalkConfig:
 
 
 @dataclass
+class TrainSegConfig:
+    """Stage 5a: the segmentation network on the pseudo labels (paper Sec. 5 trains DeepLab on
+    them; the optimiser settings here are DeepLab's usual ones, which the paper does not list)."""
+
+    backbone: str = ""  # default: the classifier's backbone
+    weights: str = ""  # ImageNet weights; default: the trained classifier's backbone
+    init_from_classifier: bool = True
+    labels: str = ""  # label folder; default: the random walk's pseudo_labels/
+    batch_size: int = 8
+    epochs: int = 12
+    lr: float = 0.01  # x10 for the new head (poly schedule, as the other stages)
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    crop: int = 448
+    resize_long: tuple[int, int] = (320, 640)
+    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    num_workers: int = 2  # persistent across epochs
+    amp: bool = True  # bf16 autocast, on CUDA only
+    channels_last: bool = True  # NHWC network and input, on CUDA only
+    compile: bool = False
+    seed: int = 0
+
+
+@dataclass
+class SegmentConfig:
+    """Stage 5b: segment a split with the trained network and evaluate it."""
+
+    split: str = ""  # default: dataset.val_split
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = True
+    crf: bool = False  # dense-CRF post-processing of the probabilities (10 iterations)
+    num_workers: int = 2
+    channels_last: bool = True  # NHWC network and input (faster on CUDA and CPU)
+
+
+@dataclass
 class RunConfig:
     """``affinitynet run``: the whole pipeline."""
 
@@ -164,6 +200,8 @@ class RunConfig:
     aff_labels: AffLabelsConfig = field(default_factory=AffLabelsConfig)
     train_aff: TrainAffConfig = field(default_factory=TrainAffConfig)
     random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
+    train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,11 +340,12 @@ def validate(cfg: Any, prefix: str = "") -> None:
             lo, hi = RANGES[f.name]
             if not lo <= value <= hi:
                 raise ConfigError(f"config key '{full}' = {value} is out of range [{lo}, {hi}]")
-    if isinstance(cfg, (TrainCamConfig, TrainAffConfig)):
+    if isinstance(cfg, (TrainCamConfig, TrainAffConfig, TrainSegConfig)):
         lo, hi = cfg.resize_long
         if not 8 <= lo <= hi:
             raise ConfigError(f"config key '{prefix}resize_long' = {cfg.resize_long}: need 8 <= low <= high")
-    if isinstance(cfg, (TrainCamConfig, TrainAffConfig)) and cfg.backbone not in (*BACKBONE_NAMES, ""):
+    with_backbone = (TrainCamConfig, TrainAffConfig, TrainSegConfig)
+    if isinstance(cfg, with_backbone) and cfg.backbone not in (*BACKBONE_NAMES, ""):
         raise ConfigError(f"config key '{prefix}backbone' = {cfg.backbone!r}: choose one of "
                           f"{', '.join(BACKBONE_NAMES)}")
     if isinstance(cfg, TrainCamConfig) and not cfg.backbone:
@@ -315,7 +354,7 @@ def validate(cfg: Any, prefix: str = "") -> None:
         # the crop's stride-8 grid must hold one pair of every offset (width 2*radius-1 cells)
         raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
                           f"need at least {8 * (2 * cfg.radius - 1)}")
-    if isinstance(cfg, MakeCamConfig) and (not cfg.scales or min(cfg.scales) <= 0):
+    if isinstance(cfg, (MakeCamConfig, SegmentConfig)) and (not cfg.scales or min(cfg.scales) <= 0):
         raise ConfigError(f"config key '{prefix}scales' = {cfg.scales}: need positive scales")
     if isinstance(cfg, RandomWalkConfig) and cfg.method not in ("sparse", "dense"):
         raise ConfigError(f"config key '{prefix}method' = {cfg.method!r}: expected 'sparse' or 'dense'")

@@ -1,7 +1,8 @@
 """The whole pipeline: orders the stages, skips finished ones, writes ``metrics.json``.
 
 ``run(cfg)`` is ``affinitynet run``; ``demo()`` is ``affinitynet demo``: the synthetic dataset
-and the whole pipeline with the tiny backbone on the CPU, then a table CAM vs random walk.
+and the whole pipeline with the tiny backbone on the CPU, then a table CAM vs random walk vs the
+segmentation network trained on the random walk's labels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from affinitynet import artifacts, config as C, distributed
 from affinitynet.artifacts import WorkDir
-from affinitynet.stages import make_aff_labels, make_cam, random_walk, synth, train_aff, train_cam
+from affinitynet.stages import (make_aff_labels, make_cam, random_walk, segment, synth, train_aff, train_cam,
+                                train_seg)
 
 # What the demo changes from the paper's defaults, and why. Everything else is the paper's.
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -41,6 +43,14 @@ DEMO_OVERRIDES: dict[str, Any] = {
         "num_workers": 0,
     },
     # random walk: the paper's alpha 16, beta 8, logt 8 (measured best on the synthetic val too)
+    "train_seg": {
+        "batch_size": 16,
+        "epochs": 12,
+        "crop": 224,
+        "resize_long": [200, 320],
+        "num_workers": 0,
+    },
+    "segment": {"num_workers": 0},
 }
 DEMO_DATA = {"train": 200, "val": 50, "seed": 0}
 
@@ -65,6 +75,8 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
         ("aff_labels", make_aff_labels, None),
         ("train_aff", train_aff, wd.affinity / "final.pth"),
         ("random_walk", random_walk, None),
+        ("train_seg", train_seg, wd.segmentation / "final.pth"),
+        ("segment", segment, None),
     ):
         t0 = time.time()
         if final is not None:
@@ -82,6 +94,7 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
         "aff_labels": _pick(results["aff_labels"], ("confident_precision", "confident_coverage",
                                                     "cam_precision_on_confident", "images_per_second")),
         "rw": _pick(results["random_walk"], ("miou", "per_class", "pixel_accuracy")),
+        "seg": _pick(results["segment"], ("split", "miou", "per_class", "pixel_accuracy")),
         "seconds": times,
         "eval_split": cfg.dataset.eval_split,
     }
@@ -93,7 +106,8 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
 
 def save_pictures(cfg: C.RunConfig, count: int = 6) -> list[Path]:
     """``vis/<image>.png`` for the first images of the evaluation split: image, CAMs, CAM
-    prediction, confident labels, pseudo label, ground truth."""
+    prediction, confident labels, pseudo label, segmentation network (where it segmented that
+    image), ground truth."""
     from affinitynet import visualize
     from affinitynet.data.images import load_label_png
     from affinitynet.stages.common import open_dataset
@@ -106,7 +120,8 @@ def save_pictures(cfg: C.RunConfig, count: int = 6) -> list[Path]:
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
         labels = {title: load_label_png(wd.png(folder, name)) if wd.png(folder, name).exists() else None
                   for title, folder in (("CAM prediction", wd.cam_pred), ("confident (CRF)", wd.aff_labels),
-                                        ("random walk", wd.pseudo_labels))}
+                                        ("random walk", wd.pseudo_labels),
+                                        ("segmentation net", wd.seg_pred))}
         labels["ground truth"] = voc.load_gt(name) if voc.has_gt(name) else None
         written.append(visualize.overview(wd.vis / f"{name}.png", image, keys, maps, labels, voc.classes))
     return written
@@ -130,7 +145,8 @@ def demo_config(workdir: str | Path, sets: list[str] | None = None, device: str 
 
 def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, device: str = "auto",
          data: dict[str, int] | None = None) -> dict[str, Any]:
-    """Synthetic dataset + whole pipeline with the tiny backbone; prints CAM vs random walk."""
+    """Synthetic dataset + whole pipeline with the tiny backbone; prints CAM vs random walk vs
+    the segmentation network."""
     t0 = time.time()
     cfg = demo_config(workdir, sets, device)
     root = Path(cfg.dataset.root)
@@ -148,14 +164,21 @@ def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, devic
 
 
 def comparison_table(metrics: dict[str, Any]) -> str:
-    """Markdown table: IoU per class and mIoU of the CAMs vs the random walk."""
-    cam, rw = metrics.get("cam", {}), metrics.get("rw", {})
+    """Markdown table: IoU per class and mIoU of the CAMs, the random walk and (when it was
+    evaluated on the same split) the segmentation network."""
+    cam, rw, seg = metrics.get("cam", {}), metrics.get("rw", {}), metrics.get("seg", {})
+    split = metrics.get("eval_split", "eval")
+    columns = [("CAM IoU", cam), ("random walk IoU", rw)]
+    if seg.get("per_class") and seg.get("split", split) == split:
+        columns.append(("segmentation net IoU", seg))
     classes = list((rw.get("per_class") or cam.get("per_class") or {}).keys())
-    lines = [f"| class ({metrics.get('eval_split', 'eval')}) | CAM IoU | random walk IoU |", "|---|---:|---:|"]
+    lines = [f"| class ({split}) | " + " | ".join(title for title, _ in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
     for c in classes:
-        a, b = cam.get("per_class", {}).get(c), rw.get("per_class", {}).get(c)
-        lines.append(f"| {c} | {_fmt(a)} | {_fmt(b)} |")
-    lines.append(f"| **mIoU** | **{_fmt(cam.get('miou'))}** | **{_fmt(rw.get('miou'))}** |")
+        lines.append(f"| {c} | " + " | ".join(_fmt(m.get("per_class", {}).get(c)) for _, m in columns) + " |")
+    lines.append("| **mIoU** | " + " | ".join(f"**{_fmt(m.get('miou'))}**" for _, m in columns) + " |")
+    if seg.get("miou") is not None and len(columns) == 2:
+        lines.append(f"\nsegmentation net on {seg.get('split')}: mIoU {_fmt(seg['miou'])}")
     return "\n".join(lines)
 
 

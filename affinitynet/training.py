@@ -233,6 +233,16 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
     return {"final": str(final_path), "steps": step, "history": history}
 
 
+def fit_stage(section, **kwargs) -> dict[str, Any]:
+    """``fit`` with the hyper-parameters of a training stage's config section (``train_cam``,
+    ``train_aff``, ``train_seg``): batch size, epochs, lr, weight decay, momentum, loader
+    workers, amp, compile, seed; ``kwargs`` give the rest."""
+    return fit(batch_size=section.batch_size, epochs=section.epochs, lr=section.lr,
+               weight_decay=section.weight_decay, momentum=section.momentum,
+               num_workers=section.num_workers, amp=section.amp, compile=section.compile,
+               seed=section.seed, **kwargs)
+
+
 def _resume(ckpt_path, net, optimizer, desc: str) -> tuple[int, int]:
     """Load model, optimizer and RNG states from ``ckpt_path`` -> (next epoch, global step).
     A checkpoint of another network or not written by ``fit`` is an InputError naming it."""

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from affinitynet.algorithms.affinity import dense_affinity
 from affinitynet.errors import InputError
-from affinitynet.models import (BACKBONES, build_affinity_net, build_classifier, build_optimizer,
-                                load_backbone_state_dict, load_state_dict_strict,
-                                remap_resnet50_state_dict)
+from affinitynet.models import (BACKBONES, backbone_keys, build_affinity_net, build_classifier,
+                                build_optimizer, build_segmentation_net, load_backbone_state_dict,
+                                load_state_dict_strict, remap_resnet50_state_dict)
 from conftest import golden_cases
 
 NORMALIZATIONS = {"imagenet", "caffe_bgr"}
@@ -219,6 +219,16 @@ def test_every_backbone_shapes_and_groups(backbone):
         features = aff(x)
     assert features.shape == (batch, 448, h, w)
     assert (features >= -1).all() and torch.isfinite(features).all()  # ELU output
+    del aff, features
+
+    seg = build_segmentation_net(backbone, num_classes=7)
+    assert seg.normalization == BACKBONES[backbone].normalization and seg.feature_stride == 8
+    _check_groups(seg, new_names={"fc8_seg.weight", "fc8_seg.bias"})
+    assert set(backbone_keys(seg)) == set(seg.state_dict()) - {"fc8_seg.weight", "fc8_seg.bias"}
+    seg.eval()
+    with torch.no_grad():
+        scores = seg(x)
+    assert scores.shape == (batch, 8, h, w) and torch.isfinite(scores).all()  # 7 classes + background
 
 
 def _check_groups(net: torch.nn.Module, new_names: set[str]) -> None:

@@ -25,6 +25,8 @@ REDUCED = {
                   "resize_long": [180, 260], "num_workers": 0},
     "make_cam": {"scales": [1.0, 0.5], "num_workers": 0},
     "train_aff": {"batch_size": 8, "epochs": 16, "crop": 192, "resize_long": [180, 260], "num_workers": 0},
+    "train_seg": {"batch_size": 12, "epochs": 10, "crop": 192, "resize_long": [180, 260], "num_workers": 0},
+    "segment": {"num_workers": 0},
 }
 
 
@@ -57,12 +59,13 @@ def all_background_miou(voc: VOCDataset, names: list[str]) -> float:
 
 def test_metrics_have_every_stage(pipeline_run):
     m = pipeline_run["metrics"]
-    for key in ("cam", "rw"):
+    for key in ("cam", "rw", "seg"):
         assert 0 <= m[key]["miou"] <= 100
         assert set(m[key]["per_class"]) == {"background", "stripes", "dots", "checker", "rings", "waves"}
     assert 0 < m["cam"]["best_threshold"] < 1
-    assert set(m["seconds"]) == {"train_cam", "make_cam", "aff_labels", "train_aff", "random_walk"}
-    assert m["eval_split"] == "val"
+    assert set(m["seconds"]) == {"train_cam", "make_cam", "aff_labels", "train_aff", "random_walk",
+                                 "train_seg", "segment"}
+    assert m["eval_split"] == "val" and m["seg"]["split"] == "val"
 
 
 def test_cam_is_far_above_all_background(pipeline_run):
@@ -82,6 +85,21 @@ def test_confident_labels_beat_cam_on_same_pixels(pipeline_run):
 def test_random_walk_beats_cam(pipeline_run):
     m = pipeline_run["metrics"]
     assert m["rw"]["miou"] > m["cam"]["miou"] + 3, (m["cam"]["miou"], m["rw"]["miou"])
+
+
+def test_segmentation_net_learns_from_pseudo_labels(pipeline_run):
+    """Stage 5: the network trained on the pseudo labels alone (no image labels at test time)
+    segments the held-out images far better than predicting background everywhere, and its
+    training loss fell."""
+    m, voc = pipeline_run["metrics"], VOCDataset(pipeline_run["data"])
+    assert m["seg"]["miou"] > 2 * all_background_miou(voc, voc.split("val")), m["seg"]["miou"]
+    log = artifacts.read_jsonl(pipeline_run["work"] / "segmentation" / "log.jsonl")
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    assert len(epochs) == 10 and epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]
+    for n in voc.split("val"):
+        label = load_label_png(pipeline_run["work"] / "seg_pred" / f"{n}.png")
+        assert label.shape == voc.load_image(n).shape[:2]
+        assert set(np.unique(label).tolist()) <= set(range(voc.num_classes + 1))
 
 
 def test_outputs_and_formats(pipeline_run):
@@ -132,3 +150,4 @@ def test_full_demo(tmp_path):
     assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
     m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert m["rw"]["miou"] > m["cam"]["miou"] + 10
+    assert m["seg"]["miou"] > m["cam"]["miou"] + 10

@@ -31,7 +31,7 @@ from _helpers import single_torch_thread, tiny_sets, write_config
 REPO = Path(__file__).resolve().parents[1]
 
 # small and fast: 8 train + 2 val images, one scale, 4 training steps per epoch
-SETS = tiny_sets(cam_epochs=2, crf_iterations=2, logt=3)
+SETS = tiny_sets(cam_epochs=2, crf_iterations=2, logt=3) + ["segment.split=train", "segment.num_workers=0"]
 
 # The driver runs one command of the CLI; with a delay it sleeps before every output write and
 # training step, so that the test can kill it mid-way. For make-cam the delay sits between the
@@ -44,6 +44,7 @@ DRIVER = textwrap.dedent("""
     from affinitynet.cli import main
     import affinitynet.stages.make_aff_labels as mal
     import affinitynet.stages.random_walk as rw
+    import affinitynet.stages.segment as seg
 
     delay = float(sys.argv[1])
 
@@ -56,6 +57,7 @@ DRIVER = textwrap.dedent("""
     artifacts.save_cam = slow(artifacts.save_cam)
     mal.save_label_png = slow(mal.save_label_png)
     rw.save_label_png = slow(rw.save_label_png)
+    seg.save_label_png = slow(seg.save_label_png)
     training.check_finite = slow(training.check_finite)
     sys.exit(main(sys.argv[2:]))
 """)
@@ -85,6 +87,11 @@ def reference(tmp_path_factory, one_thread):
     torch.manual_seed(0)
     artifacts.save_checkpoint(wd.affinity / "final.pth", build_affinity_net("tiny").state_dict())
     assert main(["random-walk", "--config", str(cfg_file)]) == 0
+    from affinitynet.models import build_segmentation_net
+
+    torch.manual_seed(0)  # likewise an untrained segmentation network for segment
+    artifacts.save_checkpoint(wd.segmentation / "final.pth", build_segmentation_net("tiny", 5).state_dict())
+    assert main(["segment", "--config", str(cfg_file)]) == 0
     driver = root / "driver.py"
     driver.write_text(DRIVER)
     return {"root": root, "cfg": cfg, "cfg_file": cfg_file, "wd": wd, "driver": driver,
@@ -135,6 +142,7 @@ PER_IMAGE = {
     "make-cam": (("cam", "cam_pred"), ("cam", ".npz"), ("classifier",)),
     "make-aff-labels": (("aff_labels",), ("aff_labels", ".png"), ("cam", "cam_pred")),
     "random-walk": (("pseudo_labels",), ("pseudo_labels", ".png"), ("cam", "affinity")),
+    "segment": (("seg_pred",), ("seg_pred", ".png"), ("segmentation",)),
 }
 
 

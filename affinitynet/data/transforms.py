@@ -13,9 +13,9 @@ random crop to crop x crop where a side shorter than the crop is zero-padded (af
 normalisation, so padding is the mean colour) at a random offset. The geometric ops are
 torchvision.transforms.v2 functionals on ``tv_tensors.Image`` / ``tv_tensors.Mask`` (so masks are
 resized with nearest neighbour); the random parameters are drawn from an optional
-``torch.Generator`` so tests are reproducible. Leave the generator unset inside DataLoader
-workers: a generator stored on the transform is copied into every worker with the same state,
-whereas the global RNG is seeded per worker.
+``torch.Generator``: the training stages pass each image its own, seeded from (seed, epoch,
+image) by ``training.EpochSampler``, so the result does not depend on the loader workers. (A
+generator stored on the transform would be copied into every worker with the same state.)
 """
 
 from __future__ import annotations
@@ -216,6 +216,28 @@ class AffinityTransform(_Augment):
         x, mask = self._geometric_and_color(image, np.asarray(label, dtype=np.uint8), gen)
         x, lab = self._crop(x, mask, gen)
         return x, lab, downsample_label(lab, self.stride).contiguous()
+
+
+class SegmentationTransform(_Augment):
+    """Joint augmentation of image + label map for the segmentation network (stage 5).
+
+    ``(image uint8 (H, W, 3), label uint8 (H, W)) -> (image float32 (3, crop, crop), label
+    uint8 (crop, crop))``: the same steps as ``AffinityTransform`` (resize of the long side,
+    flip, colour jitter, crop with 255 padding of the label), without the stride-8 label.
+    """
+
+    def __init__(self, crop: int = 448, resize_long: tuple[int, int] = (320, 640),
+                 color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1),
+                 normalization: str = "imagenet", generator: torch.Generator | None = None) -> None:
+        super().__init__(crop, resize_long, color_jitter, normalization, generator)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if label.shape[:2] != image.shape[:2]:
+            raise ValueError(f"label shape {label.shape} does not match image shape {image.shape[:2]}")
+        gen = generator if generator is not None else self.generator
+        x, mask = self._geometric_and_color(image, np.asarray(label, dtype=np.uint8), gen)
+        return self._crop(x, mask, gen)
 
 
 class ResizePadTransform:

@@ -325,13 +325,15 @@ class ClassificationDataset(Dataset):
 
 
 class AffinityDataset(Dataset):
-    """(image, label map, name) for training AffinityNet (paper Sec. 3.3).
+    """(image, label map, name) for training AffinityNet (paper Sec. 3.3) and the segmentation
+    network (stage 5).
 
-    Reads the confident label map ``label_dir/<name>.png`` (0 background, other values object
-    regions — only equality matters —, 255 unknown), which must have the image's size.
+    Reads the label map ``label_dir/<name>.png`` (confident labels or pseudo labels: 0
+    background, c + 1 class c, 255 unknown), which must have the image's size.
     ``joint_transform(image uint8 HWC, label uint8 HW)`` returns a tuple whose first item is the
     image tensor and whose *last* item is the label the loss needs: for ``AffinityTransform`` that
-    is the stride-8 label map, uint8 (crop/8, crop/8). Without a transform: the normalised full
+    is the stride-8 label map, uint8 (crop/8, crop/8), for ``SegmentationTransform`` the cropped
+    label map. Without a transform: the normalised full
     image and the full-resolution label.
     """
 

@@ -1,5 +1,5 @@
-"""Networks: backbones (ResNet-38, VGG-16, ResNet-50, tiny), the classifier/CAM and affinity
-heads, parameter groups, checkpoint loading, and the poly-lr optimizer.
+"""Networks: backbones (ResNet-38, VGG-16, ResNet-50, tiny), the classifier/CAM, affinity and
+segmentation heads, parameter groups, checkpoint loading, and the poly-lr optimizer.
 
 Every network has output stride 8 and exposes ``normalization``, ``feature_stride``,
 ``param_groups()`` and a ``train()`` that keeps the paper's frozen layers frozen.
@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from affinitynet.models.base import (Backbone, backbone_keys, check_state_dict,
                                      load_backbone_state_dict, load_state_dict_strict)
-from affinitynet.models.heads import AffinityNet, ClassifierNet, pair_affinity
+from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet, pair_affinity
 from affinitynet.models.optim import PolyOptimizer, build_optimizer, poly_lr
-from affinitynet.models.resnet38 import ResNet38, ResNet38AffinityNet, ResNet38Classifier
+from affinitynet.models.resnet38 import (ResNet38, ResNet38AffinityNet, ResNet38Classifier,
+                                         ResNet38SegmentationNet)
 from affinitynet.models.resnet50 import (ResNet50, ResNet50AffinityNet, ResNet50Classifier,
-                                         remap_resnet50_state_dict)
-from affinitynet.models.tiny import Tiny, TinyAffinityNet, TinyClassifier
-from affinitynet.models.vgg16 import VGG16, VGG16AffinityNet, VGG16Classifier
+                                         ResNet50SegmentationNet, remap_resnet50_state_dict)
+from affinitynet.models.tiny import Tiny, TinyAffinityNet, TinyClassifier, TinySegmentationNet
+from affinitynet.models.vgg16 import VGG16, VGG16AffinityNet, VGG16Classifier, VGG16SegmentationNet
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,22 @@ class BackboneSpec:
     name: str
     classifier: type[ClassifierNet]
     affinity: type[AffinityNet]
+    segmentation: type[SegmentationNet]
     normalization: str  # "imagenet" or "caffe_bgr"
     pretrained: str  # which ImageNet initialisation fits, for messages and docs
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet38": BackboneSpec("resnet38", ResNet38Classifier, ResNet38AffinityNet, "imagenet",
+    "resnet38": BackboneSpec("resnet38", ResNet38Classifier, ResNet38AffinityNet, ResNet38SegmentationNet, "imagenet",
                              "MXNet ilsvrc-cls_rna-a1_cls1000_ep-0001.params (Wu et al.), "
                              "or PSA's res38_cls.pth / res38_aff.pth"),
-    "vgg16": BackboneSpec("vgg16", VGG16Classifier, VGG16AffinityNet, "caffe_bgr",
+    "vgg16": BackboneSpec("vgg16", VGG16Classifier, VGG16AffinityNet, VGG16SegmentationNet, "caffe_bgr",
                           "Caffe vgg16_20M.caffemodel (DeepLab-LargeFOV init), "
                           "or PSA's vgg_cls.pth / vgg_aff.pth"),
-    "resnet50": BackboneSpec("resnet50", ResNet50Classifier, ResNet50AffinityNet, "imagenet",
+    "resnet50": BackboneSpec("resnet50", ResNet50Classifier, ResNet50AffinityNet, ResNet50SegmentationNet, "imagenet",
                              "torchvision ImageNet resnet50 or IRN res50_cam.pth "
                              "(see remap_resnet50_state_dict)"),
-    "tiny": BackboneSpec("tiny", TinyClassifier, TinyAffinityNet, "imagenet",
+    "tiny": BackboneSpec("tiny", TinyClassifier, TinyAffinityNet, TinySegmentationNet, "imagenet",
                          "none (trained from scratch)"),
 }
 
@@ -63,14 +65,19 @@ def build_affinity_net(backbone: str) -> AffinityNet:
     return _spec(backbone).affinity().train()
 
 
+def build_segmentation_net(backbone: str, num_classes: int = 20) -> SegmentationNet:
+    """Segmentation network (stage 5) on ``backbone``: ``num_classes`` objects + background."""
+    return _spec(backbone).segmentation(num_classes=num_classes).train()
+
+
 __all__ = [
-    "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet", "pair_affinity",
-    "build_classifier", "build_affinity_net",
+    "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet", "SegmentationNet",
+    "pair_affinity", "build_classifier", "build_affinity_net", "build_segmentation_net",
     "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys",
     "remap_resnet50_state_dict",
     "PolyOptimizer", "build_optimizer", "poly_lr",
-    "ResNet38", "ResNet38Classifier", "ResNet38AffinityNet",
-    "VGG16", "VGG16Classifier", "VGG16AffinityNet",
-    "ResNet50", "ResNet50Classifier", "ResNet50AffinityNet",
-    "Tiny", "TinyClassifier", "TinyAffinityNet",
+    "ResNet38", "ResNet38Classifier", "ResNet38AffinityNet", "ResNet38SegmentationNet",
+    "VGG16", "VGG16Classifier", "VGG16AffinityNet", "VGG16SegmentationNet",
+    "ResNet50", "ResNet50Classifier", "ResNet50AffinityNet", "ResNet50SegmentationNet",
+    "Tiny", "TinyClassifier", "TinyAffinityNet", "TinySegmentationNet",
 ]

@@ -150,8 +150,9 @@ def load_state_dict_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor
 
 
 def backbone_keys(net: nn.Module) -> list[str]:
-    """State-dict keys of ``net`` that belong to its backbone (not to fc8 / f8_* / gn8_* / f9)."""
-    head_prefixes = ("fc8.", "f8_", "gn8_", "f9.")
+    """State-dict keys of ``net`` that belong to its backbone (not to the heads' fc8 / f8_* /
+    gn8_* / f9 / fc8_seg)."""
+    head_prefixes = ("fc8.", "f8_", "gn8_", "f9.", "fc8_seg.")
     return [k for k in net.state_dict() if not k.startswith(head_prefixes)]
 
 

@@ -1,8 +1,9 @@
-"""The two heads of the paper on top of any :class:`~affinitynet.models.base.Backbone`.
+"""The heads on top of any :class:`~affinitynet.models.base.Backbone`: the paper's two
+(classifier/CAM, AffinityNet) and the segmentation network trained on the pseudo labels.
 
-Both are mixins: a concrete network is ``class ResNet38Classifier(ClassifierNet, ResNet38)``, so
-the head's layers (``fc8``; ``f8_3``, ``f8_4``, ``f8_5``, ``f9``) sit next to the backbone's in
-one flat state dict, with the names of the original release.
+All are mixins: a concrete network is ``class ResNet38Classifier(ClassifierNet, ResNet38)``, so
+the head's layers (``fc8``; ``f8_3``, ``f8_4``, ``f8_5``, ``f9``; ``fc8_seg``) sit next to the
+backbone's in one flat state dict, with the names of the original release where it had them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,38 @@ class ClassifierNet(Backbone):
         """Logits and CAM from one backbone pass (the CAM sees no classifier dropout)."""
         features = self.features(x)
         return self._logits(features), self._cam(features)
+
+
+#: dilation of the segmentation head's 3x3 conv: DeepLab-LargeFOV's (Chen et al., ICLR 2015)
+SEGMENTATION_DILATION = 12
+
+
+class SegmentationNet(Backbone):
+    """Segmentation network of the last step (paper Sec. 5: a DeepLab-style network trained on
+    the random walk's pseudo labels).
+
+    The deepest backbone level, dropout, and one 3x3 convolution with dilation 12 (DeepLab-
+    LargeFOV's field of view) to ``num_classes + 1`` scores, background first:
+    (B, 3, H, W) -> (B, num_classes + 1, ceil(H/8), ceil(W/8)).
+    """
+
+    def __init__(self, num_classes: int = 20, **backbone_kwargs) -> None:
+        super().__init__(**backbone_kwargs)
+        self.num_classes = num_classes
+        self.dropout7 = nn.Dropout2d(self.classifier_dropout) if self.classifier_dropout > 0 else nn.Identity()
+        d = SEGMENTATION_DILATION
+        self.fc8_seg = nn.Conv2d(self.level_channels[2], num_classes + 1, 3, padding=d, dilation=d)
+        nn.init.normal_(self.fc8_seg.weight, std=0.01)  # DeepLab's initialisation of the class layer
+        nn.init.zeros_(self.fc8_seg.bias)
+        self.apply_freeze()
+
+    def new_layers(self) -> list[nn.Module]:
+        return super().new_layers() + [self.fc8_seg]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) normalised image -> class scores (B, num_classes + 1, ceil(H/8), ceil(W/8))."""
+        features = self.features_levels(x)[self.level_names[2]]
+        return self.fc8_seg(self.dropout7(features))
 
 
 class AffinityNet(Backbone):

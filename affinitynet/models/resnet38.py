@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affinitynet.models.base import Backbone
-from affinitynet.models.heads import AffinityNet, ClassifierNet
+from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet
 
 
 class ResBlock(nn.Module):
@@ -132,3 +132,7 @@ class ResNet38Classifier(ClassifierNet, ResNet38):
 
 class ResNet38AffinityNet(AffinityNet, ResNet38):
     """PSA's ``resnet38_aff``: ResNet-38 + f8_3/f8_4/f8_5 (512/1024/4096 -> 64/128/256) + f9."""
+
+
+class ResNet38SegmentationNet(SegmentationNet, ResNet38):
+    """ResNet-38 + dropout + fc8_seg (3x3, dilation 12 -> classes + 1): the stage-5 network."""

@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from affinitynet.models.base import Backbone
-from affinitynet.models.heads import AffinityNet, ClassifierNet
+from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet
 
 _STRIDE_TO_DILATION = {8: [False, True, True], 16: [False, False, True]}
 
@@ -85,3 +85,7 @@ def remap_resnet50_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[st
             key = "fc8.weight"
         out[key] = value
     return out
+
+
+class ResNet50SegmentationNet(SegmentationNet, ResNet50):
+    """ResNet-50 + dropout + fc8_seg (3x3, dilation 12 -> classes + 1): the stage-5 network."""

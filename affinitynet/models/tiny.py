@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from affinitynet.models.base import Backbone
-from affinitynet.models.heads import AffinityNet, ClassifierNet
+from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
@@ -54,3 +54,7 @@ class TinyClassifier(ClassifierNet, Tiny):
 
 class TinyAffinityNet(AffinityNet, Tiny):
     """Tiny backbone + f8_3/f8_4/f8_5 (96/128/192 -> 64/128/256) + f9."""
+
+
+class TinySegmentationNet(SegmentationNet, Tiny):
+    """Tiny backbone + dropout + fc8_seg (3x3, dilation 12 -> classes + 1): the stage-5 network."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affinitynet.models.base import Backbone
-from affinitynet.models.heads import AffinityNet, ClassifierNet
+from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet
 
 # (name, in, out, dilation) per conv, grouped by stage; a pool follows every stage but the last
 _STAGES = (
@@ -76,3 +76,7 @@ class VGG16Classifier(ClassifierNet, VGG16):
 
 class VGG16AffinityNet(AffinityNet, VGG16):
     """PSA's ``vgg16_aff``: fc6 dilation 4; f8_* each followed by GroupNorm (8/16/32 groups)."""
+
+
+class VGG16SegmentationNet(SegmentationNet, VGG16):
+    """VGG-16 (fc6/fc7 as in the classifier) + dropout + fc8_seg (3x3, dilation 12 -> classes + 1)."""

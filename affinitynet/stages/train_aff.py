@@ -61,11 +61,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         return affinity_loss(aff, bg_pos, fg_pos, neg)
 
     t0 = time.time()
-    result = training.fit(
-        net=net, train_set=train_set, val_set=None, loss_fn=loss_fn, out_dir=wd.affinity,
-        device=device, dist_info=dist_info, batch_size=ta.batch_size, epochs=ta.epochs, lr=ta.lr,
-        weight_decay=ta.weight_decay, momentum=ta.momentum, num_workers=ta.num_workers, amp=ta.amp,
-        compile=ta.compile, seed=ta.seed, resume=resume, config=cfg, desc="train-aff",
+    result = training.fit_stage(
+        ta, net=net, train_set=train_set, val_set=None, loss_fn=loss_fn, out_dir=wd.affinity,
+        device=device, dist_info=dist_info, resume=resume, config=cfg, desc="train-aff",
         channels_last=channels_last,
     )
     result["seconds"] = time.time() - t0

@@ -56,26 +56,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         return loss, {}
 
     t0 = time.time()
-    result = training.fit(
-        net=net,
-        train_set=train_set,
-        val_set=val_set,
-        loss_fn=loss_fn,
-        out_dir=wd.classifier,
-        device=device,
-        dist_info=dist_info,
-        batch_size=tc.batch_size,
-        epochs=tc.epochs,
-        lr=tc.lr,
-        weight_decay=tc.weight_decay,
-        momentum=tc.momentum,
-        num_workers=tc.num_workers,
-        amp=tc.amp,
-        compile=tc.compile,
-        seed=tc.seed,
-        resume=resume,
-        config=cfg,
-        desc="train-cam",
+    result = training.fit_stage(
+        tc, net=net, train_set=train_set, val_set=val_set, loss_fn=loss_fn, out_dir=wd.classifier,
+        device=device, dist_info=dist_info, resume=resume, config=cfg, desc="train-cam",
         channels_last=channels_last,
     )
     result["seconds"] = time.time() - t0
