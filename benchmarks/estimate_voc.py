@@ -8,18 +8,23 @@ Usage: python benchmarks/estimate_voc.py [--gpu-times FILE_OR_JSON] [--cores 16]
 Stages and the paper's settings: train-cam (ResNet-38 classifier, 15 epochs, batch 16, crop 448),
 make-cam (4 scales x flip), make-aff-labels (two dense CRFs per image, a process pool over the
 host's cores), train-aff (AffinityNet, 8 epochs, batch 8, crop 448), random walk (AffinityNet
-forward + walk). N = 10,582 train_aug images (VOC train, the evaluation split, is inside it).
+forward + walk), train-seg (segmentation network on the pseudo labels, 12 epochs, batch 8, crop
+448: the ``train_seg`` defaults), segment (the 1,449 val images, one scale x flip). N = 10,582
+train_aug images (VOC train, the evaluation split, is inside it), V = 1,449.
 
     T = 15 N max(t_cls_step / 16, t_load_cls / W)        train-cam
       +    N  t_make_cam                                  make-cam (decoding overlapped)
       +    N  t_crf / P                                   make-aff-labels
       +  8 N max(t_aff_step / 8, t_load_aff / W)          train-aff
       +    N (t_aff_forward + t_walk)                     random walk
+      + 12 N max(t_seg_step / 8, t_load_seg / W)          train-seg
+      +    V  t_segment                                   segment
 
 W = DataLoader workers, P = CRF processes (host cores). Measured here on the CPU: t_crf (one
 process, VOC size, 2 CRFs of 10 iterations), t_walk (``propagate_cams`` at VOC size, sparse),
-t_load_cls / t_load_aff (JPEG decode + the stages' augmentation at crop 448, one core). The GPU
-times t_cls_step, t_make_cam, t_aff_step, t_aff_forward (and a GPU t_walk) are measured here when
+t_load_cls / t_load_aff / t_load_seg (JPEG decode + the stages' augmentation at crop 448, one
+core). The GPU times t_cls_step, t_make_cam, t_aff_step, t_aff_forward, t_seg_step, t_segment
+(and a GPU t_walk) are measured here when
 CUDA is available; otherwise they come from ``--gpu-times`` (a JSON file or string, keys as in
 ``GPU_KEYS``, seconds), and without either they are reported as missing — never guessed.
 """
@@ -49,22 +54,28 @@ from affinitynet.algorithms.affinity import (affinity_from_features, affinity_la
 from affinitynet.algorithms.cam import CAM_SCALES, multiscale_cam  # noqa: E402
 from affinitynet.algorithms.random_walk import propagate_cams  # noqa: E402
 from affinitynet.data.synthetic import make_sample  # noqa: E402
-from affinitynet.data.transforms import AffinityTransform, ClassificationTransform, normalize  # noqa: E402
+from affinitynet.algorithms.segmentation import multiscale_probabilities  # noqa: E402
+from affinitynet.data.transforms import (AffinityTransform, ClassificationTransform,  # noqa: E402
+                                         SegmentationTransform, normalize)
 from affinitynet.models import (build_affinity_net, build_classifier, build_optimizer,  # noqa: E402
-                                pair_affinity)
+                                build_segmentation_net, pair_affinity)
 from affinitynet.stages.make_aff_labels import confident_label_map  # noqa: E402
+from affinitynet.stages.train_seg import segmentation_loss  # noqa: E402
 from _common import cuda_suffix, machine, print_table_header, sync, usable_cores  # noqa: E402
 
-VOC_TRAIN_AUG = 10_582
+VOC_TRAIN_AUG, VOC_VAL = 10_582, 1_449
 VOC_SIZE = (500, 375)  # width, height
 CAM_EPOCHS, AFF_EPOCHS = 15, 8  # the paper's schedules (PSA train_cls / train_aff)
 CAM_BATCH, AFF_BATCH, CROP = 16, 8, 448
+SEG_EPOCHS, SEG_BATCH = 12, 8  # the train_seg defaults
 
 GPU_KEYS: dict[str, str] = {
     "train_cam_step_s": f"ResNet-38 classifier training step, batch {CAM_BATCH}, crop {CROP}, bf16 autocast",
     "make_cam_s_per_image": "make-cam per VOC-size image, 4 scales x flip, fp32",
     "train_aff_step_s": f"ResNet-38 AffinityNet training step, batch {AFF_BATCH}, crop {CROP}, bf16 autocast",
     "aff_forward_s_per_image": "AffinityNet forward + pair affinities per VOC-size image",
+    "train_seg_step_s": f"ResNet-38 segmentation network training step, batch {SEG_BATCH}, crop {CROP}, bf16 autocast",
+    "segment_s_per_image": "segment per VOC-size image, scale 1 x flip, fp32",
 }
 OPTIONAL_GPU_KEYS = {"random_walk_s_per_image": "random walk per VOC-size image on the GPU"}
 
@@ -102,12 +113,13 @@ def cams_from_label(label: np.ndarray, num_classes: int = 5) -> tuple[np.ndarray
 def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, float]:
     """Per-image seconds of the CPU-side parts on this machine (medians over ``n_images``)."""
     scenes = [voc_scene(i, size) for i in range(n_images)]
-    out: dict[str, list[float]] = {"crf": [], "walk": [], "load_cls": [], "load_aff": []}
+    out: dict[str, list[float]] = {"crf": [], "walk": [], "load_cls": [], "load_aff": [], "load_seg": []}
     width, height = size
     h, w = -(-height // 8), -(-width // 8)
     gen = torch.Generator().manual_seed(0)
     cls_tf = ClassificationTransform(crop=CROP, resize_long=(256, 512), generator=gen)
     aff_tf = AffinityTransform(crop=CROP, resize_long=(448, 768), generator=gen)
+    seg_tf = SegmentationTransform(crop=CROP, resize_long=(320, 640), generator=gen)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a loader worker / a CRF process each have one core
     try:
@@ -118,7 +130,8 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
             out["crf"].append(time.perf_counter() - start)
             jpeg = io.BytesIO()
             Image.fromarray(image).save(jpeg, format="JPEG", quality=90)
-            for key, fn in (("load_cls", lambda im: cls_tf(im)), ("load_aff", lambda im: aff_tf(im, label))):
+            for key, fn in (("load_cls", lambda im: cls_tf(im)), ("load_aff", lambda im: aff_tf(im, label)),
+                            ("load_seg", lambda im: seg_tf(im, label))):
                 start = time.perf_counter()
                 decoded = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())).convert("RGB"))
                 fn(decoded)
@@ -138,7 +151,8 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
 
 def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CROP,
                 size: tuple[int, int] = VOC_SIZE, scales: tuple[float, ...] = CAM_SCALES,
-                repeats: int = 5, cam_batch: int = CAM_BATCH, aff_batch: int = AFF_BATCH) -> dict[str, float]:
+                repeats: int = 5, cam_batch: int = CAM_BATCH, aff_batch: int = AFF_BATCH,
+                seg_batch: int = SEG_BATCH) -> dict[str, float]:
     """Per-step / per-image seconds of the network parts on ``device`` (keys of GPU_KEYS and
     OPTIONAL_GPU_KEYS). Random data: speed does not depend on it. Runs on any device; the
     estimate uses it on CUDA only."""
@@ -206,6 +220,29 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     maps = np.random.default_rng(1).random((2, height, width), dtype=np.float32)
     out["random_walk_s_per_image"] = median_time(
         lambda: propagate_cams(keys, maps, aff, (height, width)), repeats, 1, sync_device)
+    del net, opt, x
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # train-seg step and segment per image (the stages' forms: bf16 autocast for training)
+    net = build_segmentation_net(backbone, 20).to(device)
+    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100, momentum=0.9)
+    x = torch.randn(seg_batch, 3, crop, crop, generator=gen).to(device)
+    target = torch.randint(0, 21, (x.shape[0], crop, crop), generator=gen).to(device)
+
+    def seg_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = segmentation_loss(net(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out["train_seg_step_s"] = median_time(seg_step, repeats, 2, sync_device)
+    net.eval()
+    out["segment_s_per_image"] = median_time(
+        lambda: multiscale_probabilities(net, image, lambda im: normalize(im, net.normalization),
+                                         scales=(1.0,), flip=True, device=device),
+        repeats, 1, sync_device)
     return out
 
 
@@ -260,6 +297,13 @@ def estimate(cpu: dict[str, float], gpu: dict[str, float], n: int, cores: int,
     else:
         rows.append(("random walk", f"{n} x (t_aff_forward MISSING + {walk:.3f} walk on {where}) "
                      f">= {hours(n * walk)}", None))
+    rows.append(training_row("train-seg", "t_seg_step", "train_seg_step_s", "load_seg", SEG_EPOCHS, SEG_BATCH,
+                             cpu, gpu, n, workers))
+    v = VOC_VAL
+    if have("segment_s_per_image"):
+        rows.append(("segment (val)", f"{v} x {gpu['segment_s_per_image']:.3f}", v * gpu["segment_s_per_image"]))
+    else:
+        rows.append(("segment (val)", f"{v} x t_segment MISSING", None))
     return rows
 
 
@@ -303,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_names = {"crf": "t_crf: make-aff-labels per image (2 dense CRFs, 10 iterations), 1 process",
                  "walk": "t_walk: random walk per image (propagate_cams, sparse, beta 8, logt 8)",
                  "load_cls": f"t_load_cls: JPEG decode + train-cam augmentation (crop {CROP})",
-                 "load_aff": f"t_load_aff: JPEG decode + train-aff augmentation (crop {CROP})"}
+                 "load_aff": f"t_load_aff: JPEG decode + train-aff augmentation (crop {CROP})",
+                 "load_seg": f"t_load_seg: JPEG decode + train-seg augmentation (crop {CROP})"}
     for key, name in cpu_names.items():
         print(f"| {name} | {cpu[key]:.4f} | CPU, measured here |")
     for key, name in {**GPU_KEYS, **OPTIONAL_GPU_KEYS}.items():

@@ -84,7 +84,8 @@ def test_estimate_voc_quick_reports_missing_gpu_numbers(capsys):
     out = capsys.readouterr().out
     rows = table_rows(out, "| stage |")
     by_stage = {r[0]: r for r in rows}
-    assert set(by_stage) == {"train-cam", "make-cam", "make-aff-labels (CRF)", "train-aff", "random walk"}
+    assert set(by_stage) == {"train-cam", "make-cam", "make-aff-labels (CRF)", "train-aff", "random walk",
+                             "train-seg", "segment (val)"}
     assert by_stage["make-aff-labels (CRF)"][2].endswith(" h")  # CPU-measured: always there
     if not torch.cuda.is_available():
         assert by_stage["make-cam"][2] == "MISSING" and "not computable" in out
@@ -93,7 +94,8 @@ def test_estimate_voc_quick_reports_missing_gpu_numbers(capsys):
 def test_estimate_voc_with_gpu_times(capsys, tmp_path):
     est = load("estimate_voc")
     times = {"device": "test", "train_cam_step_s": 1.6, "make_cam_s_per_image": 0.5,
-             "train_aff_step_s": 0.8, "aff_forward_s_per_image": 0.1}
+             "train_aff_step_s": 0.8, "aff_forward_s_per_image": 0.1, "train_seg_step_s": 0.9,
+             "segment_s_per_image": 0.2}
     path = tmp_path / "gpu.json"
     path.write_text(json.dumps(times))
     assert est.main(["--quick", "--gpu-times", str(path), "--images", "100", "--cores", "4"]) == 0
@@ -101,6 +103,7 @@ def test_estimate_voc_with_gpu_times(capsys, tmp_path):
     rows = {r[0]: r for r in table_rows(out, "| stage |")}
     # make-cam is N x t_make_cam exactly: 100 x 0.5 s
     assert rows["make-cam"][2] == f"{100 * 0.5 / 3600:.2f} h"
+    assert rows["segment (val)"][2] == f"{1449 * 0.2 / 3600:.2f} h"  # the val images, not N
     total = re.search(r"Total: ([0-9.]+) h", out)
     assert total is not None
     # train-cam alone is at least 15 epochs x 100 images x 1.6 s / 16
@@ -114,7 +117,7 @@ def test_estimate_voc_network_timings_run_on_cpu():
     torch.set_num_threads(1)  # two threads on a busy 2-core machine make small ops crawl
     try:
         out = est.measure_gpu(torch.device("cpu"), backbone="tiny", crop=96, size=(120, 90),
-                              scales=(1.0, 0.5), repeats=1, cam_batch=2, aff_batch=2)
+                              scales=(1.0, 0.5), repeats=1, cam_batch=2, aff_batch=2, seg_batch=2)
     finally:
         torch.set_num_threads(threads)
     assert set(est.GPU_KEYS) <= set(out)
