@@ -35,6 +35,7 @@ TINY_SETS = [
     "train_cam.crop=128", "make_cam.scales=[1.0,0.5]", "make_cam.num_workers=0",
     "train_aff.epochs=1", "train_aff.batch_size=4", "train_aff.resize_long=[120,160]",
     "train_aff.crop=128", "aff_labels.processes=1", "aff_labels.crf_iterations=5",
+    "train_seg.epochs=1", "train_seg.batch_size=4", "train_seg.resize_long=[120,160]", "train_seg.crop=128",
 ]
 
 
@@ -114,16 +115,16 @@ def _worker(argv: list[str]) -> None:
         for sub, frozen in (("frozen", True), ("trained", False)):
             _fit_worker(out / sub, frozen)
     elif mode == "infer":
-        # what ``affinitynet make-cam/make-aff-labels/random-walk --config X`` runs, keeping the
-        # results; 2 CRF processes per rank (the reference uses 1)
+        # what ``affinitynet make-cam/make-aff-labels/random-walk/segment --config X`` runs,
+        # keeping the results; 2 CRF processes per rank (the reference uses 1)
         from affinitynet import config as C
         from affinitynet import distributed
-        from affinitynet.stages import make_aff_labels, make_cam, random_walk
+        from affinitynet.stages import make_aff_labels, make_cam, random_walk, segment
 
         cfg = C.load_config(C.RunConfig, argv[1], ["aff_labels.processes=2"])
         d, _ = distributed.setup(cfg.device)
         results = {"make_cam": make_cam.run(cfg), "aff_labels": make_aff_labels.run(cfg),
-                   "random_walk": random_walk.run(cfg)}
+                   "random_walk": random_walk.run(cfg), "segment": segment.run(cfg)}
         Path(argv[2], f"results{d.rank}.json").write_text(json.dumps(results, default=str))
     else:
         raise SystemExit(f"unknown mode {mode}")
@@ -202,11 +203,12 @@ def test_ddp_step_equals_single_process_step(tmp_path):
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
     """Tiny synthetic set, tiny networks trained for a few steps, and the single-process
-    reference outputs of the three per-image stages (in ``ref``)."""
+    reference outputs of the four per-image stages (in ``ref``)."""
     from affinitynet import config as C
     from affinitynet import pipeline
     from affinitynet.data.synthetic import generate
-    from affinitynet.stages import make_aff_labels, make_cam, random_walk, train_aff, train_cam
+    from affinitynet.stages import (make_aff_labels, make_cam, random_walk, segment, train_aff, train_cam,
+                                    train_seg)
 
     base = tmp_path_factory.mktemp("dist")
     generate(base / "data", 6, 5, seed=0)
@@ -218,6 +220,8 @@ def trained_workdir(tmp_path_factory):
         ref = {"make_cam": make_cam.run(cfg), "aff_labels": make_aff_labels.run(cfg)}
         train_aff.run(cfg)
         ref["random_walk"] = random_walk.run(cfg)
+        train_seg.run(cfg)
+        ref["segment"] = segment.run(cfg)
     finally:
         torch.set_num_threads(threads)
     (base / "config.yaml").write_text(C.dump_yaml(cfg))
@@ -232,7 +236,7 @@ def _cam_arrays(path: Path) -> dict[str, np.ndarray]:
 def test_sharded_inference_matches_single_process(trained_workdir):
     base, cfg, ref = trained_workdir
     dist = base / "ddp"
-    for sub in ("classifier", "affinity"):
+    for sub in ("classifier", "affinity", "segmentation"):
         (dist / sub).mkdir(parents=True, exist_ok=True)
         shutil.copy(base / "ref" / sub / "final.pth", dist / sub / "final.pth")
     config = base / "config_ddp.yaml"
@@ -242,9 +246,14 @@ def test_sharded_inference_matches_single_process(trained_workdir):
     from affinitynet.data.voc import VOCDataset
     from affinitynet.stages.common import infer_names
 
-    names = infer_names(cfg, VOCDataset(cfg.dataset.root))
+    voc = VOCDataset(cfg.dataset.root)
+    names = infer_names(cfg, voc)
     assert len(names) == 11
-    for folder, ext in (("cam", "npz"), ("cam_pred", "png"), ("aff_labels", "png"), ("pseudo_labels", "png")):
+    for folder, ext in (("cam", "npz"), ("cam_pred", "png"), ("aff_labels", "png"), ("pseudo_labels", "png"),
+                        ("seg_pred", "png")):
+        if folder == "seg_pred":  # segment takes the val split
+            names = voc.split(cfg.dataset.val_split)
+            assert len(names) == 5
         got = sorted(p.name for p in (dist / folder).iterdir())
         assert got == sorted(f"{n}.{ext}" for n in names), folder  # none skipped, no strays
         for n in names:
@@ -263,7 +272,8 @@ def test_sharded_inference_matches_single_process(trained_workdir):
     other = json.loads((base / "results1.json").read_text())
     for stage, keys in (("make_cam", ("miou", "best_threshold", "best_miou", "sweep")),
                         ("aff_labels", ("confident_precision", "confident_coverage")),
-                        ("random_walk", ("miou", "per_class", "confusion"))):
+                        ("random_walk", ("miou", "per_class", "confusion")),
+                        ("segment", ("miou", "per_class", "confusion"))):
         for k in keys:
             assert k in ref[stage] and got[stage][k] == json.loads(json.dumps(ref[stage][k], default=str)), (stage, k)
             assert k not in other[stage]
