@@ -1,5 +1,7 @@
 """Config: paper defaults, YAML and --set overrides, validation naming the key."""
 
+from pathlib import Path
+
 import pytest
 
 from affinitynet import config as C
@@ -61,3 +63,14 @@ def test_resnet50_gets_the_irn_recipe_unless_overridden():
     cfg = C.load_config(C.RunConfig, None, ["train_cam.backbone=resnet50", "train_cam.epochs=7"])
     assert cfg.train_cam.epochs == 7 and cfg.train_cam.crop == 512
     assert C.load_config(C.RunConfig, None, ["train_cam.backbone=vgg16"]).train_cam.epochs == 15
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_configs_load(path):
+    """The example configs in configs/ are valid and pick the backbone their name says."""
+    cfg = C.load_config(C.RunConfig, path)
+    backbone = path.stem.split("_")[-1]
+    assert cfg.train_cam.backbone == backbone
+    assert cfg.dataset.root and cfg.train_cam.weights
+    assert cfg.train_aff.weights == cfg.train_seg.weights == cfg.train_cam.weights
