@@ -173,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("affinitynet: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        from affinitynet import distributed
+
+        if not distributed.peer_failure(exc):
+            raise
+        # one line instead of a transport traceback: the rank that failed printed the cause
+        print(f"affinitynet: error: rank {distributed.current().rank}: another rank stopped, so this "
+              "one cannot go on (the other rank's error is above)", file=sys.stderr)
+        return 1
     finally:
         from affinitynet import distributed
 

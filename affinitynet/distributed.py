@@ -127,3 +127,17 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# what the transports report when the other end of a collective went away
+_PEER_GONE = ("closed by peer", "reset by peer", "Broken pipe", "Connection refused")
+
+
+def peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is this rank losing another rank in a collective (that rank failed and
+    printed its own error), rather than a failure of its own."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _PEER_GONE)

@@ -312,3 +312,24 @@ def test_demo_on_two_processes_matches_single_process(tmp_path):
 
 if __name__ == "__main__":
     _worker(sys.argv[1:])
+
+
+def test_error_on_one_rank_ends_every_rank_with_one_line(tmp_path):
+    """A bad image under torchrun: the rank that reads it prints the usual one-line error, the
+    other rank stops with one line too (no transport traceback) and torchrun exits non-zero."""
+    from affinitynet.data.synthetic import generate
+
+    generate(tmp_path / "data", 6, 2, seed=1)
+    bad = tmp_path / "data" / "JPEGImages" / "train_00001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "affinitynet", "train-cam", "--workdir", str(tmp_path / "work"), "--dataset",
+           str(tmp_path / "data"), "--device", "cpu", "--set", "dataset.train_split=train",
+           *[f"--set=train_cam.{kv}" for kv in ("backbone=tiny", "crop=64", "batch_size=2", "epochs=1",
+                                                  "num_workers=0")]]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"affinitynet: error: {bad}: not an image file" in out
+    assert "[rank0]: Traceback" not in out and "[rank1]: Traceback" not in out, out[-3000:]
