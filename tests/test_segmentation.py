@@ -77,3 +77,45 @@ def test_segmentation_transform_keeps_image_and_label_aligned():
         assert torch.equal(white[inside], (lab == 3)[inside])
     again = tf(image, label, generator=torch.Generator().manual_seed(4))
     assert torch.equal(again[0], x) and torch.equal(again[1], lab)
+
+
+def test_segment_stage_with_and_without_crf(tmp_path, capsys):
+    """``affinitynet segment`` on the val split with an (untrained) network: one valid label PNG
+    per val image and scores; ``segment.crf`` refines the same probabilities (labels change,
+    and the CRF output is smoother: fewer label changes between neighbouring pixels);
+    ``train-seg`` before the random walk names the missing folder."""
+    from affinitynet import artifacts
+    from affinitynet.cli import main
+    from affinitynet.data.images import load_label_png
+    from affinitynet.data.synthetic import generate
+    from affinitynet.data.voc import VOCDataset
+    from affinitynet.models import build_segmentation_net
+
+    generate(tmp_path / "data", 2, 3, seed=2)
+    voc = VOCDataset(tmp_path / "data")
+    results = {}
+    for crf in (False, True):
+        work = tmp_path / f"work_crf{crf}"
+        torch.manual_seed(0)
+        artifacts.save_checkpoint(work / "segmentation" / "final.pth",
+                                  build_segmentation_net("tiny", voc.num_classes).state_dict())
+        argv = ["segment", "--workdir", str(work), "--dataset", str(tmp_path / "data"), "--device", "cpu",
+                "--set", "train_cam.backbone=tiny", "--set", "segment.num_workers=0",
+                "--set", f"segment.crf={str(crf).lower()}"]
+        assert main(argv) == 0
+        labels = {n: load_label_png(work / "seg_pred" / f"{n}.png") for n in voc.split("val")}
+        for n, label in labels.items():
+            assert label.shape == voc.load_image(n).shape[:2]
+            assert label.max() <= voc.num_classes
+        results[crf] = labels
+
+    def edges(label: np.ndarray) -> int:
+        return int((label[1:] != label[:-1]).sum() + (label[:, 1:] != label[:, :-1]).sum())
+
+    assert any(not np.array_equal(results[False][n], results[True][n]) for n in results[False])
+    assert sum(map(edges, results[True].values())) < sum(map(edges, results[False].values()))
+
+    argv = ["train-seg", "--workdir", str(tmp_path / "fresh"), "--dataset", str(tmp_path / "data"),
+            "--device", "cpu", "--set", "train_cam.backbone=tiny"]
+    assert main(argv) == 2
+    assert "pseudo_labels: label folder does not exist (run random-walk first" in capsys.readouterr().err

@@ -58,6 +58,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     for name, image, _ in tqdm(loader, desc="segment", total=len(pending), dynamic_ncols=True,
                                disable=not distributed.current().is_main):
         raise_if_error(image)
+        image = np.asarray(image)  # the loader hands numpy arrays over as tensors
         check_image_size(voc, name, image.shape[:2])
         probs = multiscale_probabilities(score_fn, image, norm, scales=sc.scales, flip=sc.flip, device=device)
         if sc.crf:

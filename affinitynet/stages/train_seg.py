@@ -20,6 +20,7 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.data.transforms import IGNORE_INDEX, SegmentationTransform
 from affinitynet.data.voc import AffinityDataset
+from affinitynet.errors import InputError
 from affinitynet.models import build_segmentation_net
 from affinitynet.stages.common import open_dataset
 
@@ -63,7 +64,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     net = build(cfg, voc.num_classes)
     transform = SegmentationTransform(crop=ts.crop, resize_long=ts.resize_long, color_jitter=ts.color_jitter,
                                       normalization=net.normalization)
-    train_set = AffinityDataset(voc, voc.split(cfg.dataset.train_split), label_dir(cfg), transform)
+    labels = label_dir(cfg)
+    if not labels.is_dir():
+        raise InputError(f"{labels}: label folder does not exist (run random-walk first, or set train_seg.labels)")
+    train_set = AffinityDataset(voc, voc.split(cfg.dataset.train_split), labels, transform)
     channels_last = ts.channels_last and device.type == "cuda"
 
     def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
