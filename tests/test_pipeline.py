@@ -96,6 +96,8 @@ def test_segmentation_net_learns_from_pseudo_labels(pipeline_run):
     log = artifacts.read_jsonl(pipeline_run["work"] / "segmentation" / "log.jsonl")
     epochs = [r for r in log if r["kind"] == "epoch"]
     assert len(epochs) == 10 and epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]
+    # the loss on the val ground truth is reported every epoch and fell too
+    assert all("val_loss" in r for r in epochs) and epochs[-1]["val_loss"] < epochs[0]["val_loss"]
     for n in voc.split("val"):
         label = load_label_png(pipeline_run["work"] / "seg_pred" / f"{n}.png")
         assert label.shape == voc.load_image(n).shape[:2]

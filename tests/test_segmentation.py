@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from affinitynet.algorithms.segmentation import multiscale_probabilities, probabilities_to_label
-from affinitynet.data.transforms import SegmentationTransform, normalize
+from affinitynet.data.transforms import ResizePadJointTransform, SegmentationTransform, normalize
 from affinitynet.stages.train_seg import segmentation_loss
 
 
@@ -119,3 +119,18 @@ def test_segment_stage_with_and_without_crf(tmp_path, capsys):
             "--device", "cpu", "--set", "train_cam.backbone=tiny"]
     assert main(argv) == 2
     assert "pseudo_labels: label folder does not exist (run random-walk first" in capsys.readouterr().err
+
+
+def test_resize_pad_joint_transform():
+    """Long side to the crop, image padded with 0 (the mean), label with 255, aligned."""
+    image = np.zeros((30, 60, 3), np.uint8)
+    image[:, 30:] = 255
+    label = np.zeros((30, 60), np.uint8)
+    label[:, 30:] = 2
+    x, lab = ResizePadJointTransform(120)(image, label)
+    assert x.shape == (3, 120, 120) and lab.shape == (120, 120)
+    assert (lab[60:] == 255).all() and (x[:, 60:] == 0).all()  # 30x60 -> 60x120, padded below
+    assert (lab[:60, :55] == 0).all() and (lab[:60, 65:] == 2).all()
+    assert (x[0, :60, :55] < -1).all() and (x[0, :60, 65:] > 1).all()
+    with pytest.raises(ValueError):
+        ResizePadJointTransform(120)(image, label[:10])

@@ -257,3 +257,21 @@ class ResizePadTransform:
         out = torch.zeros((3, self.crop, self.crop), dtype=x.dtype)
         out[:, : x.shape[1], : x.shape[2]] = x[:, : self.crop, : self.crop]
         return out
+
+
+class ResizePadJointTransform(ResizePadTransform):
+    """``ResizePadTransform`` for an image and its label map (validation of stage 5):
+    ``(image uint8 (H, W, 3), label uint8 (H, W)) -> (float32 (3, crop, crop), uint8 (crop,
+    crop))``; the label is resized with nearest neighbour and padded with 255 (ignored)."""
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if label.shape[:2] != image.shape[:2]:
+            raise ValueError(f"label shape {label.shape} does not match image shape {image.shape[:2]}")
+        x = super().__call__(image)
+        size = list(long_side_size(image.shape[0], image.shape[1], self.crop))
+        mask = torch.from_numpy(_writable(np.asarray(label, dtype=np.uint8)))[None]
+        mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST)[0]
+        out = torch.full((self.crop, self.crop), IGNORE_INDEX, dtype=torch.uint8)
+        out[: mask.shape[0], : mask.shape[1]] = mask[: self.crop, : self.crop]
+        return x, out
+

@@ -371,5 +371,24 @@ class AffinityDataset(Dataset):
         return out[0], out[-1], name
 
 
+class GroundTruthDataset(Dataset):
+    """(image, ground-truth label map, name) for images with ground truth: the validation loss
+    of the segmentation network (stage 5). ``joint_transform(image, label) -> (x, label)``."""
+
+    def __init__(self, voc: VOCDataset, names: Sequence[str],
+                 joint_transform: Callable[[np.ndarray, np.ndarray], tuple]) -> None:
+        self.voc = voc
+        self.names = [n for n in names if voc.has_gt(n)]
+        self.joint_transform = joint_transform
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        name = self.names[idx]
+        x, label = self.joint_transform(self.voc.load_image(name), self.voc.load_gt(name))
+        return x, label, name
+
+
 # The brief's name for the same thing.
 SegmentationPairDataset = AffinityDataset

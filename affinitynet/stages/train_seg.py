@@ -2,7 +2,9 @@
 the random walk train a fully supervised segmentation model, DeepLab in the paper).
 
 Per-pixel cross-entropy over background + classes, 255 (padding, or ignore in a label file)
-left out; the scores at stride 8 are upsampled to the crop before the loss. Writes
+left out; the scores at stride 8 are upsampled to the crop before the loss. Each epoch also
+reports the loss on the val split's ground truth (monitoring only: nothing is selected on it).
+Writes
 ``segmentation/checkpoint.pt`` each epoch (resumable), ``final.pth`` and ``log.jsonl``.
 """
 
@@ -18,8 +20,8 @@ import torch.nn.functional as F
 from affinitynet import distributed, training
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
-from affinitynet.data.transforms import IGNORE_INDEX, SegmentationTransform
-from affinitynet.data.voc import AffinityDataset
+from affinitynet.data.transforms import IGNORE_INDEX, ResizePadJointTransform, SegmentationTransform
+from affinitynet.data.voc import AffinityDataset, GroundTruthDataset
 from affinitynet.errors import InputError
 from affinitynet.models import build_segmentation_net
 from affinitynet.stages.common import open_dataset
@@ -68,6 +70,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if not labels.is_dir():
         raise InputError(f"{labels}: label folder does not exist (run random-walk first, or set train_seg.labels)")
     train_set = AffinityDataset(voc, voc.split(cfg.dataset.train_split), labels, transform)
+    val_set = None  # validation loss against the ground truth, when the val split has it
+    if voc.has_split(cfg.dataset.val_split):
+        val_set = GroundTruthDataset(voc, voc.split(cfg.dataset.val_split),
+                                     ResizePadJointTransform(ts.crop, net.normalization))
     channels_last = ts.channels_last and device.type == "cuda"
 
     def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -76,7 +82,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     t0 = time.time()
     result = training.fit_stage(
-        ts, net=net, train_set=train_set, val_set=None, loss_fn=loss_fn, out_dir=wd.segmentation,
+        ts, net=net, train_set=train_set, val_set=val_set, loss_fn=loss_fn, out_dir=wd.segmentation,
         device=device, dist_info=dist_info, resume=resume, config=cfg, desc="train-seg",
         channels_last=channels_last,
     )
