@@ -1,16 +1,18 @@
-"""What the per-image stages share: the dataset of a run, the images to infer, and resume."""
+"""What the per-image stages share: the dataset of a run, the images to infer, resume, and an
+image loader that decodes in worker processes."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from affinitynet import artifacts, distributed
 from affinitynet.config import RunConfig
 from affinitynet.data.voc import VOCDataset
-from affinitynet.errors import InputError
+from affinitynet.errors import AffinityNetError, InputError
 
 
 def open_dataset(cfg: RunConfig) -> VOCDataset:
@@ -69,3 +71,39 @@ def load_trained(net: torch.nn.Module, path: Path, what: str) -> torch.nn.Module
     except InputError as exc:  # name the file: "checkpoint does not fit ..." alone does not
         raise InputError(f"{path}: {exc} (trained with another backbone or dataset?)") from None
     return net
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """(name, image, image label) per image; decoded in DataLoader workers so that loading
+    overlaps the network. A bad image comes back as its error instead of the image."""
+
+    def __init__(self, voc: VOCDataset, names: list[str]) -> None:
+        self.voc, self.names = voc, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray | AffinityNetError, np.ndarray | None]:
+        name = self.names[i]
+        try:
+            return name, self.voc.load_image(name), self.voc.image_labels(name)
+        except AffinityNetError as exc:
+            # returned, and raised by the main process (``checked_image``): raised in a worker it
+            # would arrive wrapped in the worker's traceback, and the workers of the failed loader
+            # would take seconds to stop
+            return name, exc, None
+
+
+def image_loader(voc: VOCDataset, names: list[str], num_workers: int) -> torch.utils.data.DataLoader:
+    """Iterates (name, image, image label) over ``names`` with ``num_workers`` decoding processes."""
+    return torch.utils.data.DataLoader(ImageSource(voc, names), batch_size=None,
+                                       num_workers=num_workers if names else 0)
+
+
+def checked_image(image: Any) -> np.ndarray:
+    """The (H, W, 3) uint8 image an ``image_loader`` gave (it hands arrays over as tensors);
+    raises the error it returned for a bad image, in the main process."""
+    if isinstance(image, AffinityNetError):
+        raise image
+    return np.asarray(image)
+

@@ -21,35 +21,10 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
-from affinitynet.errors import AffinityNetError, InputError
+from affinitynet.errors import InputError
 from affinitynet.models import build_classifier
-from affinitynet.stages.common import check_image_size, infer_names, load_trained, open_dataset, todo
-
-
-class _ImageSource(torch.utils.data.Dataset):
-    """Decodes images in DataLoader workers so that loading overlaps the network."""
-
-    def __init__(self, voc, names: list[str]) -> None:
-        self.voc, self.names = voc, names
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int) -> tuple[str, np.ndarray | AffinityNetError, np.ndarray | None]:
-        name = self.names[i]
-        try:
-            return name, self.voc.load_image(name), self.voc.image_labels(name)
-        except AffinityNetError as exc:
-            # returned, and raised by the main process (``raise_if_error``): raised in a worker it
-            # would arrive wrapped in the worker's traceback, and the workers of the failed loader
-            # would take seconds to stop
-            return name, exc, None
-
-
-def raise_if_error(image: Any) -> None:
-    """Raise the error ``_ImageSource`` returned for a bad image (in the main process)."""
-    if isinstance(image, AffinityNetError):
-        raise image
+from affinitynet.stages.common import (check_image_size, checked_image, image_loader, infer_names, load_trained,
+                                      open_dataset, todo)
 
 
 def cam_function(net: torch.nn.Module, device: torch.device, amp: bool = False,
@@ -97,13 +72,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     pending = todo(names, wd.cam_file, [wd.cam, wd.cam_pred])
     t0 = time.time()
-    loader = torch.utils.data.DataLoader(
-        _ImageSource(voc, pending), batch_size=None, num_workers=mc.num_workers if pending else 0,
-        pin_memory=False,
-    )
+    loader = image_loader(voc, pending, mc.num_workers)
     for name, image, label in tqdm(loader, desc="make-cam", total=len(pending), dynamic_ncols=True,
                                    disable=not distributed.current().is_main):
-        raise_if_error(image)
+        image = checked_image(image)
         check_image_size(voc, name, image.shape[:2])
         if label.sum() == 0:
             raise InputError(f"{voc.image_path(name)}: image '{name}' has no class label, so it has no "

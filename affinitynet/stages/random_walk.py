@@ -23,8 +23,8 @@ from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
 from affinitynet.models import build_affinity_net
-from affinitynet.stages.common import check_image_size, infer_names, load_trained, open_dataset, todo
-from affinitynet.stages.make_cam import _ImageSource, raise_if_error
+from affinitynet.stages.common import (check_image_size, checked_image, image_loader, infer_names, load_trained,
+                                      open_dataset, todo)
 
 
 def aff_backbone(cfg: RunConfig) -> str:
@@ -51,11 +51,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     net.eval().to(device)
     pending = todo(names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels])
     t0 = time.time()
-    loader = torch.utils.data.DataLoader(_ImageSource(voc, pending), batch_size=None,
-                                         num_workers=2 if pending else 0)
+    loader = image_loader(voc, pending, 2)
     for name, image, _ in tqdm(loader, desc="random-walk", total=len(pending), dynamic_ncols=True,
                                disable=not distributed.current().is_main):
-        raise_if_error(image)
+        image = checked_image(image)
         # the image's stride-8 grid must hold one pair of every offset (pairs.from_region)
         check_image_size(voc, name, image.shape[:2], min_height=STRIDE * (rc.radius - 1) + 1,
                          min_width=STRIDE * (2 * rc.radius - 2) + 1,

@@ -23,8 +23,7 @@ from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
 from affinitynet.models import build_segmentation_net
-from affinitynet.stages.common import check_image_size, load_trained, open_dataset, todo
-from affinitynet.stages.make_cam import _ImageSource, raise_if_error
+from affinitynet.stages.common import check_image_size, checked_image, image_loader, load_trained, open_dataset, todo
 from affinitynet.stages.train_seg import seg_backbone
 
 
@@ -53,12 +52,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     pending = todo(names, lambda n: wd.png(wd.seg_pred, n), [wd.seg_pred])
     t0 = time.time()
-    loader = torch.utils.data.DataLoader(_ImageSource(voc, pending), batch_size=None,
-                                         num_workers=sc.num_workers if pending else 0)
+    loader = image_loader(voc, pending, sc.num_workers)
     for name, image, _ in tqdm(loader, desc="segment", total=len(pending), dynamic_ncols=True,
                                disable=not distributed.current().is_main):
-        raise_if_error(image)
-        image = np.asarray(image)  # the loader hands numpy arrays over as tensors
+        image = checked_image(image)
         check_image_size(voc, name, image.shape[:2])
         probs = multiscale_probabilities(score_fn, image, norm, scales=sc.scales, flip=sc.flip, device=device)
         if sc.crf:
