@@ -43,7 +43,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
         "num_workers": 0,
     },
     # random walk: the paper's alpha 16, beta 8, logt 8 (measured best on the synthetic val too)
-    "train_seg": {
+    "train_seg": {  # as the classifier: CPU budget, synthetic image sizes
         "batch_size": 16,
         "epochs": 12,
         "crop": 224,

@@ -333,8 +333,7 @@ class AffinityDataset(Dataset):
     ``joint_transform(image uint8 HWC, label uint8 HW)`` returns a tuple whose first item is the
     image tensor and whose *last* item is the label the loss needs: for ``AffinityTransform`` that
     is the stride-8 label map, uint8 (crop/8, crop/8), for ``SegmentationTransform`` the cropped
-    label map. Without a transform: the normalised full
-    image and the full-resolution label.
+    label map. Without a transform: the normalised full image and the full-resolution label.
     """
 
     def __init__(self, voc: VOCDataset, names: Sequence[str], label_dir: str | os.PathLike,

@@ -34,13 +34,15 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet38": BackboneSpec("resnet38", ResNet38Classifier, ResNet38AffinityNet, ResNet38SegmentationNet, "imagenet",
+    "resnet38": BackboneSpec("resnet38", ResNet38Classifier, ResNet38AffinityNet, ResNet38SegmentationNet,
+                             "imagenet",
                              "MXNet ilsvrc-cls_rna-a1_cls1000_ep-0001.params (Wu et al.), "
                              "or PSA's res38_cls.pth / res38_aff.pth"),
     "vgg16": BackboneSpec("vgg16", VGG16Classifier, VGG16AffinityNet, VGG16SegmentationNet, "caffe_bgr",
                           "Caffe vgg16_20M.caffemodel (DeepLab-LargeFOV init), "
                           "or PSA's vgg_cls.pth / vgg_aff.pth"),
-    "resnet50": BackboneSpec("resnet50", ResNet50Classifier, ResNet50AffinityNet, ResNet50SegmentationNet, "imagenet",
+    "resnet50": BackboneSpec("resnet50", ResNet50Classifier, ResNet50AffinityNet, ResNet50SegmentationNet,
+                             "imagenet",
                              "torchvision ImageNet resnet50 or IRN res50_cam.pth "
                              "(see remap_resnet50_state_dict)"),
     "tiny": BackboneSpec("tiny", TinyClassifier, TinyAffinityNet, TinySegmentationNet, "imagenet",

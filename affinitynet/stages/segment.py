@@ -23,7 +23,8 @@ from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
 from affinitynet.models import build_segmentation_net
-from affinitynet.stages.common import check_image_size, checked_image, image_loader, load_trained, open_dataset, todo
+from affinitynet.stages.common import (check_image_size, checked_image, image_loader, load_trained, open_dataset,
+                                      todo)
 from affinitynet.stages.train_seg import seg_backbone
 
 

@@ -4,8 +4,7 @@ the random walk train a fully supervised segmentation model, DeepLab in the pape
 Per-pixel cross-entropy over background + classes, 255 (padding, or ignore in a label file)
 left out; the scores at stride 8 are upsampled to the crop before the loss. Each epoch also
 reports the loss on the val split's ground truth (monitoring only: nothing is selected on it).
-Writes
-``segmentation/checkpoint.pt`` each epoch (resumable), ``final.pth`` and ``log.jsonl``.
+Writes ``segmentation/checkpoint.pt`` each epoch (resumable), ``final.pth`` and ``log.jsonl``.
 """
 
 from __future__ import annotations
