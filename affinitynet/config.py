@@ -150,6 +150,7 @@ class RandomWalkConfig:
     logt: int = 8  # t = 2^logt = 256
     radius: int = 5
     method: str = "sparse"  # or "dense" (the original's, for checking)
+    channels_last: bool = True  # NHWC AffinityNet and input (faster on CUDA and CPU)
 
 
 @dataclass

@@ -212,10 +212,10 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     out["train_aff_step_s"] = median_time(aff_step, repeats, 2, sync_device)
 
     # random walk: AffinityNet forward at VOC size, then the walk on the same device
-    net.eval()
-    out["aff_forward_s_per_image"] = median_time(lambda: image_affinity(net, image, 5, device),
+    net.eval().to(memory_format=torch.channels_last)  # the stage's form (random_walk.channels_last)
+    out["aff_forward_s_per_image"] = median_time(lambda: image_affinity(net, image, 5, device, True),
                                                  repeats, 1, sync_device)
-    aff = image_affinity(net, image, 5, device)
+    aff = image_affinity(net, image, 5, device, True)
     keys = np.array([3, 11])
     maps = np.random.default_rng(1).random((2, height, width), dtype=np.float32)
     out["random_walk_s_per_image"] = median_time(

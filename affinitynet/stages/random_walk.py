@@ -32,12 +32,15 @@ def aff_backbone(cfg: RunConfig) -> str:
 
 
 @torch.inference_mode()
-def image_affinity(net: torch.nn.Module, image: np.ndarray, radius: int, device: torch.device) -> torch.Tensor:
-    """(n_offsets, n_from) affinities of an (H, W, 3) uint8 image on its padded stride-8 grid."""
+def image_affinity(net: torch.nn.Module, image: np.ndarray, radius: int, device: torch.device,
+                   channels_last: bool = False) -> torch.Tensor:
+    """(n_offsets, n_from) affinities of an (H, W, 3) uint8 image on its padded stride-8 grid.
+    ``channels_last``: NHWC input, for a network converted with ``net.to(memory_format=...)``."""
     x = normalize(image, net.normalization)[None]
     height, width = image.shape[:2]
     x = F.pad(x, (0, -width % STRIDE, 0, -height % STRIDE))  # zero padding, as the original
-    return net.affinity(x.to(device), radius).float()[0]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return net.affinity(x.to(device, memory_format=fmt), radius).float()[0]
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -49,6 +52,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     net = build_affinity_net(aff_backbone(cfg))
     load_trained(net, wd.affinity / "final.pth", "AffinityNet")
     net.eval().to(device)
+    if rc.channels_last:
+        net.to(memory_format=torch.channels_last)
     pending = todo(names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels])
     t0 = time.time()
     loader = image_loader(voc, pending, 2)
@@ -60,7 +65,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                          min_width=STRIDE * (2 * rc.radius - 2) + 1,
                          why=f"the random walk with radius {rc.radius}")
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        aff = image_affinity(net, image, rc.radius, device)
+        aff = image_affinity(net, image, rc.radius, device, rc.channels_last)
         label, _ = propagate_cams(keys, maps, aff, image.shape[:2], alpha=rc.alpha, beta=rc.beta,
                                   logt=rc.logt, radius=rc.radius, num_classes=voc.num_classes,
                                   method=rc.method)
