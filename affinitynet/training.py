@@ -58,7 +58,7 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def image_to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """A (B, 3, H, W) batch to ``device``, NHWC when the network is (a CUDA speed-up)."""
+    """A (B, 3, H, W) batch to ``device``, NHWC when the network is (``channels_last``)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.to(device, non_blocking=True, memory_format=fmt)
 

@@ -25,6 +25,7 @@ from affinitynet.data.transforms import normalize
 from affinitynet.models import build_affinity_net
 from affinitynet.stages.common import (check_image_size, checked_image, image_loader, infer_names, load_trained,
                                       open_dataset, todo)
+from affinitynet.training import image_to
 
 
 def aff_backbone(cfg: RunConfig) -> str:
@@ -39,8 +40,7 @@ def image_affinity(net: torch.nn.Module, image: np.ndarray, radius: int, device:
     x = normalize(image, net.normalization)[None]
     height, width = image.shape[:2]
     x = F.pad(x, (0, -width % STRIDE, 0, -height % STRIDE))  # zero padding, as the original
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return net.affinity(x.to(device, memory_format=fmt), radius).float()[0]
+    return net.affinity(image_to(x, device, channels_last), radius).float()[0]
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:

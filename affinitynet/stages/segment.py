@@ -26,6 +26,7 @@ from affinitynet.models import build_segmentation_net
 from affinitynet.stages.common import (check_image_size, checked_image, image_loader, load_trained, open_dataset,
                                       todo)
 from affinitynet.stages.train_seg import seg_backbone
+from affinitynet.training import image_to
 
 
 def split_name(cfg: RunConfig) -> str:
@@ -45,8 +46,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         net.to(memory_format=torch.channels_last)
 
     def score_fn(x: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if sc.channels_last else torch.contiguous_format
-        return net(x.to(device, memory_format=fmt))
+        return net(image_to(x, device, sc.channels_last))
 
     def norm(image: np.ndarray) -> torch.Tensor:
         return normalize(image, net.normalization)
