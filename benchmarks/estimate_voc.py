@@ -57,8 +57,9 @@ from affinitynet.data.synthetic import make_sample  # noqa: E402
 from affinitynet.algorithms.segmentation import multiscale_probabilities  # noqa: E402
 from affinitynet.data.transforms import (AffinityTransform, ClassificationTransform,  # noqa: E402
                                          SegmentationTransform, normalize)
+from affinitynet.config import AffLabelsConfig  # noqa: E402
 from affinitynet.models import (build_affinity_net, build_classifier, build_optimizer,  # noqa: E402
-                                build_segmentation_net, pair_affinity)
+                                build_segmentation_net)
 from affinitynet.stages.make_aff_labels import confident_label_map  # noqa: E402
 from affinitynet.stages.train_seg import segmentation_loss  # noqa: E402
 from _common import cuda_suffix, machine, print_table_header, sync, usable_cores  # noqa: E402
@@ -126,7 +127,7 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
         for i, (image, label) in enumerate(scenes):
             keys, maps = cams_from_label(label)
             start = time.perf_counter()
-            confident_label_map(image, keys, maps, 4.0, 32.0, 10)
+            confident_label_map(image, keys, maps, AffLabelsConfig())  # the paper's alphas 4 / 32
             out["crf"].append(time.perf_counter() - start)
             jpeg = io.BytesIO()
             Image.fromarray(image).save(jpeg, format="JPEG", quality=90)
@@ -204,7 +205,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
 
     def aff_step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = affinity_loss(pair_affinity(net(x).float(), 5), *labels)
+            loss, _ = affinity_loss(affinity_from_features(net(x).float(), 5), *labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

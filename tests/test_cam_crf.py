@@ -16,7 +16,7 @@ from affinitynet.algorithms.cam import (
     resize_image,
 )
 from affinitynet.algorithms.crf import canvas, confident_labels, crf_with_background, dense_crf
-from conftest import golden_cases
+from conftest import golden_cases, rel_err
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -34,9 +34,6 @@ def stand_in_cam_fn():
     b = torch.from_numpy((0.5 * g.standard_normal(20) - 1.0).astype(np.float32))
     return lambda x: F.relu(F.conv2d(F.avg_pool2d(x, 8, 8), w, b))
 
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.mark.parametrize("path", golden_cases("cam_crf_*.npz"))

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from affinitynet.algorithms.affinity import dense_affinity
+from affinitynet.algorithms.affinity import affinity_from_features, dense_affinity
 from affinitynet.errors import InputError
 from affinitynet.models import (BACKBONES, backbone_keys, build_affinity_net, build_classifier,
                                 build_optimizer, build_segmentation_net, load_backbone_state_dict,
                                 load_state_dict_strict, remap_resnet50_state_dict)
-from conftest import golden_cases
+from conftest import golden_cases, rel_err
 
 NORMALIZATIONS = {"imagenet", "caffe_bgr"}
 
@@ -67,11 +67,6 @@ def deterministic_net(net_name: str, cache: dict | None = None) -> torch.nn.Modu
     net.load_state_dict(deterministic_state_dict(net, cache), assign=True)
     return net.eval()
 
-
-def rel_err(a: torch.Tensor, b: np.ndarray) -> float:
-    a = a.detach().numpy()
-    assert a.shape == b.shape
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 # -- golden parity ---------------------------------------------------------------------------
@@ -291,3 +286,27 @@ def test_tiny_learns_colour_cues_quickly():
     with torch.no_grad():
         accuracy = ((net(x) > 0).float() == y).float().mean().item()
     assert accuracy >= 0.95
+
+
+@pytest.mark.parametrize("path", golden_cases("random_walk_*.npz"))
+def test_random_walk_affinities_match_original(path):
+    """The affinities the random-walk stage computes for an image (normalise, zero-pad to
+    multiples of 8, AffinityNet, exp(-mean|df|) on its output) are the original's: for the
+    ``net`` cases with the ResNet-38 AffinityNet under the deterministic weights, for the
+    ``image`` cases with the README's image features."""
+    from affinitynet.stages.random_walk import image_affinity
+
+    g = np.load(path)
+    source = str(g["affinity_source"])
+    if source == "net":
+        net = deterministic_net("resnet38_aff")
+        aff = image_affinity(net, g["image"], 5, torch.device("cpu"))
+        # the stage's input is the golden input: normalised, zero-padded at bottom/right
+        with torch.no_grad():
+            assert rel_err(net.affinity(torch.from_numpy(g["input"]))[0], g["aff"][0]) <= 1e-4
+    else:
+        assert source == "image", source
+        aff = affinity_from_features(3 * F.avg_pool2d(torch.from_numpy(g["input"]), 8))[0]
+    assert rel_err(aff, g["aff"][0]) <= 1e-4
+    h, w = -(-g["image"].shape[0] // 8), -(-g["image"].shape[1] // 8)
+    assert rel_err(dense_affinity(aff, h, w), g["aff_dense"]) <= 1e-4

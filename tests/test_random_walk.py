@@ -5,18 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import golden_cases
+from conftest import golden_cases, rel_err
 
 from affinitynet.algorithms.affinity import affinity_from_features, dense_affinity
 from affinitynet.algorithms.pairs import from_region, pair_offsets
 from affinitynet.algorithms.random_walk import (background_score, propagate_cams, random_walk,
                                                 random_walk_dense, transition_csr)
 
-
-def rel_err(a, b) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 def random_affinity(h: int, w: int, seed: int, dtype=torch.float64) -> torch.Tensor:

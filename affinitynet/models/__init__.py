@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from affinitynet.models.base import (Backbone, backbone_keys, check_state_dict,
                                      load_backbone_state_dict, load_state_dict_strict)
-from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet, pair_affinity
+from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet
 from affinitynet.models.optim import PolyOptimizer, build_optimizer, poly_lr
 from affinitynet.models.resnet38 import (ResNet38, ResNet38AffinityNet, ResNet38Classifier,
                                          ResNet38SegmentationNet)
@@ -74,7 +74,7 @@ def build_segmentation_net(backbone: str, num_classes: int = 20) -> Segmentation
 
 __all__ = [
     "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet", "SegmentationNet",
-    "pair_affinity", "build_classifier", "build_affinity_net", "build_segmentation_net",
+    "build_classifier", "build_affinity_net", "build_segmentation_net",
     "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys",
     "remap_resnet50_state_dict",
     "PolyOptimizer", "build_optimizer", "poly_lr",

@@ -130,7 +130,8 @@ class AffinityNet(Backbone):
         return super().new_layers() + [self.f8_3, self.f8_4, self.f8_5, self.f9]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) normalised image -> affinity features (B, 448, ceil(H/8), ceil(W/8))."""
+        """(B,3,H,W) normalised image -> affinity features (B, 448, ceil(H/8), ceil(W/8)), the
+        ELU of f9's output (> -1); the affinities are measured on exactly these (paper Eq. 1)."""
         by_name = self.features_levels(x)
         levels = [by_name[name] for name in self.level_names]
         convs = (self.f8_3, self.f8_4, self.f8_5)
@@ -141,15 +142,5 @@ class AffinityNet(Backbone):
 
     def affinity(self, x: torch.Tensor, radius: int = 5) -> torch.Tensor:
         """(B,3,H,W) normalised image -> pair affinities (B, n_offsets, n_from) in (0, 1]."""
-        return pair_affinity(self(x), radius)
+        return affinity_from_features(self(x), radius)
 
-
-def pair_affinity(features: torch.Tensor, radius: int = 5) -> torch.Tensor:
-    """Affinities the original computes from AffinityNet features (B, 448, h, w).
-
-    The reference outputs (``../shared/golden/net_*``: ``aff`` vs ``aff_features``) measure the
-    L1 distance on ELU of the features returned by ``forward`` (itself an ELU output), i.e. one
-    more ELU than the original source reads; we reproduce the reference numbers, so that released
-    AffinityNet weights give the original's affinities.
-    """
-    return affinity_from_features(F.elu(features), radius)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from affinitynet import artifacts, distributed
 from affinitynet.algorithms.crf import confident_labels, crf_with_background
 from affinitynet.artifacts import WorkDir
-from affinitynet.config import RunConfig
+from affinitynet.config import AffLabelsConfig, RunConfig
 from affinitynet.data.images import load_label_png, save_label_png
 from affinitynet.errors import InputError
 from affinitynet.stages.common import infer_names, open_dataset, todo
@@ -28,11 +28,17 @@ from affinitynet.stages.common import infer_names, open_dataset, todo
 _JOB: dict[str, Any] = {}
 
 
-def confident_label_map(image: np.ndarray, keys: np.ndarray, maps: np.ndarray, low_alpha: float,
-                        high_alpha: float, iterations: int) -> np.ndarray:
-    """(H, W) uint8: 0 background, class index + 1 foreground, 255 unsure."""
-    low = crf_with_background(image, maps, low_alpha, iterations=iterations)
-    high = crf_with_background(image, maps, high_alpha, iterations=iterations)
+def confident_label_map(image: np.ndarray, keys: np.ndarray, maps: np.ndarray,
+                        settings: AffLabelsConfig) -> np.ndarray:
+    """Confident labels of one image (paper Sec. 3.2): (H, W) uint8, 0 background, class index
+    + 1 foreground, 255 unsure. Objects are trusted where the CRF with the *low* alpha (strong
+    background score) still finds them, background where the CRF with the *high* alpha (weak
+    background score) still finds it.
+
+    ``image`` (H, W, 3) uint8; ``keys`` (k,) and ``maps`` (k, H, W) the image's CAMs.
+    """
+    low = crf_with_background(image, maps, settings.low_alpha, iterations=settings.crf_iterations)
+    high = crf_with_background(image, maps, settings.high_alpha, iterations=settings.crf_iterations)
     return confident_labels(low, high, keys=keys)
 
 
@@ -46,8 +52,7 @@ def _label_one(name: str) -> str:
     wd = WorkDir(cfg.workdir)
     image = voc.load_image(name)
     keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-    ac = cfg.aff_labels
-    label = confident_label_map(image, keys, maps, ac.low_alpha, ac.high_alpha, ac.crf_iterations)
+    label = confident_label_map(image, keys, maps, cfg.aff_labels)
     save_label_png(wd.png(wd.aff_labels, name), label)
     return name
 

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from affinitynet import distributed, training
-from affinitynet.algorithms.affinity import affinity_labels, affinity_loss
+from affinitynet.algorithms.affinity import affinity_from_features, affinity_labels, affinity_loss
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.data.transforms import AffinityTransform
 from affinitynet.data.voc import AffinityDataset
-from affinitynet.models import build_affinity_net, pair_affinity
+from affinitynet.models import build_affinity_net
 from affinitynet.stages.common import infer_names, open_dataset
 from affinitynet.stages.random_walk import aff_backbone
 
@@ -40,6 +40,20 @@ def build(cfg: RunConfig) -> torch.nn.Module:
     return net
 
 
+def affinity_net_loss(model: torch.nn.Module, batch: Any, radius: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """AffinityNet's loss on one batch (paper Eq. 1, 4-7).
+
+    ``batch`` = (images (B, 3, H, W), stride-8 label maps (B, H/8, W/8) uint8, ...). The pair
+    affinities are exp(-mean |f_i - f_j|) on the network's output features (the ELU of f9, as
+    the original), their labels come from the label maps; see ``affinity_loss``. The network is
+    called through ``forward`` (DDP synchronises gradients only there).
+    """
+    image, grid_label = batch[0], batch[1]
+    aff = affinity_from_features(model(image).float(), radius)
+    bg_pos, fg_pos, neg = (t.to(aff.device) for t in affinity_labels(grid_label, radius))
+    return affinity_loss(aff, bg_pos, fg_pos, neg)
+
+
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     ta = cfg.train_aff
     dist_info, device = distributed.setup(cfg.device)
@@ -55,10 +69,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     channels_last = ta.channels_last and device.type == "cuda"
 
     def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        image, grid_label = training.image_to(batch[0], device, channels_last), batch[1]
-        aff = pair_affinity(model(image).float(), ta.radius)  # model(): DDP syncs only forward()
-        bg_pos, fg_pos, neg = (t.to(device) for t in affinity_labels(grid_label, ta.radius))
-        return affinity_loss(aff, bg_pos, fg_pos, neg)
+        image = training.image_to(batch[0], device, channels_last)
+        return affinity_net_loss(model, (image, batch[1].to(device)), ta.radius)
 
     t0 = time.time()
     result = training.fit_stage(

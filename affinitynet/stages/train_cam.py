@@ -31,6 +31,16 @@ def build(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
     return net
 
 
+def classification_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """Multi-label soft-margin loss of the classifier's logits (paper Sec. 3.1, PSA train_cls).
+
+    ``batch`` = (images (B, 3, H, W), labels (B, C) 0/1, ...): the mean over images and classes
+    of -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] for the logits z = model(images).
+    """
+    image, label = batch[0], batch[1]
+    return F.multilabel_soft_margin_loss(model(image).float(), label.float()), {}
+
+
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     tc = cfg.train_cam
     dist_info, device = distributed.setup(cfg.device)
@@ -51,9 +61,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         image, label = training.image_to(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
-        logits = model(image)
-        loss = F.multilabel_soft_margin_loss(logits.float(), label)
-        return loss, {}
+        return classification_loss(model, (image, label))
 
     t0 = time.time()
     result = training.fit_stage(
