@@ -29,7 +29,7 @@ import contextlib
 import io
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +41,32 @@ from affinitynet.errors import InputError
 
 CAM_FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+@dataclass(frozen=True)
+class TrainingFolder:
+    """The files of one training stage: ``checkpoint.pt`` (written every epoch, resumable),
+    ``final.pth`` (the trained weights; its presence marks the stage done) and ``log.jsonl``
+    (one record per step and per epoch)."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.pth"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
 
 
 @dataclass(frozen=True)
 class WorkDir:
-    """Paths of one pipeline run."""
+    """Paths of one pipeline run: every stage's outputs."""
 
     root: Path
 
@@ -63,12 +82,16 @@ class WorkDir:
         return self.root / "metrics.json"
 
     @property
-    def classifier(self) -> Path:
-        return self.root / "classifier"
+    def classifier(self) -> TrainingFolder:
+        return TrainingFolder(self.root / "classifier")
 
     @property
-    def affinity(self) -> Path:
-        return self.root / "affinity"
+    def affinity(self) -> TrainingFolder:
+        return TrainingFolder(self.root / "affinity")
+
+    @property
+    def segmentation(self) -> TrainingFolder:
+        return TrainingFolder(self.root / "segmentation")
 
     @property
     def cam(self) -> Path:
@@ -85,10 +108,6 @@ class WorkDir:
     @property
     def pseudo_labels(self) -> Path:
         return self.root / "pseudo_labels"
-
-    @property
-    def segmentation(self) -> Path:
-        return self.root / "segmentation"
 
     @property
     def seg_pred(self) -> Path:
@@ -118,12 +137,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = new_temp_file(path)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -133,13 +149,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def new_temp_file(path: Path) -> Path:
+    """Create an empty, uniquely named temporary file next to ``path``: mode 0666 minus the
+    umask, as a plain open() gives (mkstemp's would be 0600); its name starts with TMP_PREFIX,
+    so a rerun can remove the ones a killed run left."""
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    """Write ``obj`` as strict JSON, atomically. NaN and infinities (e.g. the IoU of a class
+    that occurs nowhere) become null; numpy numbers and arrays, tuples and paths are converted."""
+    text = json.dumps(_json_safe(obj), indent=2, allow_nan=False, default=_json_default)
+    write_bytes(path, (text + "\n").encode())
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _json_safe(v.tolist())
+    return v
 
 
 def _json_default(o: Any) -> Any:
@@ -157,7 +197,7 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.write(json.dumps(_json_safe(record), allow_nan=False, default=_json_default) + "\n")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

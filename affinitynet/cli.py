@@ -8,34 +8,18 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import sys
 from typing import Any
 
 from affinitynet import config as C
+from affinitynet import pipeline
 from affinitynet.errors import AffinityNetError
-
-PIPELINE_STAGES = {
-    # command: (module in affinitynet.stages, help)
-    "train-cam": ("train_cam", "stage 1: train the multi-label classifier"),
-    "make-cam": ("make_cam", "stage 2a: multi-scale CAMs (+ CAM prediction and evaluation)"),
-    "make-aff-labels": ("make_aff_labels", "stage 2b: dense-CRF confident labels for AffinityNet"),
-    "train-aff": ("train_aff", "stage 3: train AffinityNet"),
-    "random-walk": ("random_walk", "stage 4: random walk -> pseudo labels (+ evaluation)"),
-    "train-seg": ("train_seg", "stage 5a: train the segmentation network on the pseudo labels"),
-    "segment": ("segment", "stage 5b: segment a split with it (+ evaluation)"),
-}
-
-
-TRAINING_STAGES = ("train-cam", "train-aff", "train-seg")
-
-
-def _stage(module: str) -> Any:
-    return importlib.import_module(f"affinitynet.stages.{module}")
+from affinitynet.stages import convert_weights, evaluate, prepare_voc, synth
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file overriding the paper's defaults (see configs/)")
+    p.add_argument("--config", help="YAML file overriding the paper's defaults, or the name of a "
+                                    "recipe in configs/ (e.g. demo, voc_resnet38)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train_cam.backbone=vgg16 (repeatable)")
     p.add_argument("--workdir", help="work folder (config key workdir)")
@@ -44,13 +28,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> C.RunConfig:
-    sets = list(args.set)
-    for flag, key in (("workdir", "workdir"), ("dataset", "dataset.root"), ("device", "device")):
-        value = getattr(args, flag, None)
-        if value:
-            sets.append(f"{key}={value}")
-    sets = [_alias(s) for s in sets]
-    return C.load_config(C.RunConfig, args.config, sets)
+    flags: dict = {}
+    if args.workdir:
+        flags["workdir"] = args.workdir
+    if args.dataset:
+        flags["dataset"] = {"root": args.dataset}
+    if args.device:
+        flags["device"] = args.device
+    return C.load_config(C.RunConfig, args.config, [_alias(s) for s in args.set], values=flags)
 
 
 def _alias(item: str) -> str:
@@ -90,16 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
 
-    for name, (_, help_text) in PIPELINE_STAGES.items():
-        p = sub.add_parser(name, help=help_text)
+    for stage in pipeline.STAGES:
+        p = sub.add_parser(stage.command, help=stage.help)
         _add_run_options(p)
-        if name in TRAINING_STAGES:
+        if stage.trains:
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     p = sub.add_parser("run", help="the whole pipeline from one YAML config")
     _add_run_options(p)
 
-    p = sub.add_parser("demo", help="synthetic data + whole pipeline with the tiny backbone, on CPU")
+    p = sub.add_parser("demo", help="synthetic data + whole pipeline with the CPU recipe (configs/demo.yaml)")
     p.add_argument("--workdir", default="work/demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
@@ -109,30 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd == "synth":
-        return _stage("synth").run(C.SynthConfig(out=args.out, train=args.train, val=args.val, seed=args.seed))
+        return synth.run(C.SynthConfig(out=args.out, train=args.train, val=args.val, seed=args.seed))
     if cmd == "prepare-voc":
-        return _stage("prepare_voc").run(C.PrepareVOCConfig(
+        return prepare_voc.run(C.PrepareVOCConfig(
             voc_root=args.voc_root, sbd_root=args.sbd_root, out=args.out, convert_sbd=args.convert_sbd))
     if cmd == "evaluate":
-        return _stage("evaluate").run(C.EvaluateConfig(
-            pred=args.pred, dataset=args.dataset, split=args.split, out=args.out))
+        return evaluate.run(C.EvaluateConfig(pred=args.pred, dataset=args.dataset, split=args.split, out=args.out))
     if cmd == "convert-weights":
-        return _stage("convert_weights").run(C.ConvertWeightsConfig(input=args.input, output=args.output))
-    if cmd in PIPELINE_STAGES:
-        cfg = _run_config(args)
-        mod = _stage(PIPELINE_STAGES[cmd][0])
-        if cmd in TRAINING_STAGES:
-            return mod.run(cfg, resume=args.resume)
-        return mod.run(cfg)
+        return convert_weights.run(C.ConvertWeightsConfig(input=args.input, output=args.output))
     if cmd == "run":
-        from affinitynet import pipeline
-
         return pipeline.run(_run_config(args))
     if cmd == "demo":
-        from affinitynet import pipeline
-
         return pipeline.demo(workdir=args.workdir, sets=[_alias(s) for s in args.set], device=args.device)
-    raise AssertionError(cmd)
+    stage = next(s for s in pipeline.STAGES if s.command == cmd)
+    return stage.run(_run_config(args), resume=getattr(args, "resume", False))
 
 
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}

@@ -1,8 +1,9 @@
 """Typed configuration of every stage, with the paper's defaults in one place.
 
 Every default below is the value of Ahn & Kwak (CVPR 2018) / the original PSA release unless a
-comment says otherwise. YAML files and ``--set key=value`` only override these; the final config
-of a run is written into its work folder (``config.yaml``).
+comment says otherwise; no other module holds a default of the paper. YAML files and
+``--set key=value`` only override these; the final config of a run is written into its work
+folder (``config.yaml``). A field's valid range is declared with the field (``bounded``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,26 @@ import yaml
 
 from affinitynet.errors import ConfigError
 
+#: recipes that ship with the package (``configs/`` in the repository): ``--config demo`` works
+#: from anywhere
+RECIPES = Path(__file__).resolve().parent / "configs"
+
+
+def bounded(default: Any, low: float, high: float) -> Any:
+    """A dataclass field whose value (every element, for a tuple) must lie in [low, high]."""
+    return field(default=default, metadata={"range": (low, high)})
+
 
 # --------------------------------------------------------------------------------------------
-# Data-layer stages
+# Data-layer commands
 # --------------------------------------------------------------------------------------------
 @dataclass
 class SynthConfig:
     """``affinitynet synth``: write the built-in synthetic dataset in VOC layout."""
 
     out: str = "work/synthetic"
-    train: int = 240
-    val: int = 60
+    train: int = bounded(240, 0, 1 << 24)
+    val: int = bounded(60, 0, 1 << 24)
     seed: int = 0
 
 
@@ -74,20 +84,24 @@ class DatasetConfig:
 
 
 @dataclass
-class TrainCamConfig:
-    """Stage 1: the multi-label classifier (paper Sec. 3.1; PSA train_cls.py)."""
+class TrainingConfig:
+    """What the three training stages share: the network and its initial weights, SGD with the
+    poly schedule, the augmentation and the loop. The defaults are AffinityNet's (PSA
+    train_aff.py); the classifier and the segmentation network change some."""
 
-    backbone: str = "resnet38"
+    backbone: str = ""  # "" = the classifier's (train_cam.backbone)
     weights: str = ""  # ImageNet weights: .params (ResNet-38), .caffemodel (VGG-16), .pth
-    batch_size: int = 16
-    epochs: int = 15
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = -1.0  # <0: the original's quirk (weight decay passed as momentum -> 5e-4)
-    crop: int = 448
-    resize_long: tuple[int, int] = (256, 512)
-    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    num_workers: int = 2  # persistent across epochs
+    batch_size: int = bounded(8, 1, 1 << 16)
+    epochs: int = bounded(8, 0, 1 << 16)
+    lr: float = bounded(0.1, 0.0, 100.0)
+    weight_decay: float = bounded(5e-4, 0.0, 1.0)
+    # The original's SGD received the weight decay as its momentum argument (positional call),
+    # so PSA's models were trained with momentum 5e-4 (= the weight decay)
+    momentum: float = bounded(5e-4, 0.0, 0.999)
+    crop: int = bounded(448, 8, 1 << 14)
+    resize_long: tuple[int, int] = bounded((448, 768), 8, 1 << 14)  # random long side, low <= high
+    color_jitter: tuple[float, float, float, float] = bounded((0.3, 0.3, 0.3, 0.1), 0.0, 1.0)
+    num_workers: int = bounded(2, 0, 256)  # persistent across epochs
     amp: bool = True  # bf16 autocast, on CUDA only
     channels_last: bool = True  # NHWC network and input, on CUDA only
     compile: bool = False
@@ -95,15 +109,25 @@ class TrainCamConfig:
 
 
 @dataclass
+class TrainCamConfig(TrainingConfig):
+    """Stage 1: the multi-label classifier (paper Sec. 3.1; PSA train_cls.py)."""
+
+    backbone: str = "resnet38"
+    batch_size: int = 16
+    epochs: int = 15
+    resize_long: tuple[int, int] = (256, 512)
+
+
+@dataclass
 class MakeCamConfig:
     """Stage 2a: multi-scale + flip CAMs (PSA infer_cls.py)."""
 
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    scales: tuple[float, ...] = bounded((1.0, 0.5, 1.5, 2.0), 1e-3, 100.0)  # summed in this order
     flip: bool = True
-    bg_score: float = 0.2  # background score of the CAM prediction (PSA: 0.2)
+    bg_score: float = bounded(0.2, 0.0, 1.0)  # background score of the CAM prediction (PSA: 0.2)
     save_pred: bool = True
     sweep: bool = True  # background-threshold sweep on the eval split
-    num_workers: int = 2
+    num_workers: int = bounded(2, 0, 256)
     amp: bool = False  # bf16 autocast, on CUDA only (CAMs then differ by ~1e-2 relative)
     channels_last: bool = True  # NHWC network and input (faster on CUDA and CPU)
 
@@ -112,69 +136,45 @@ class MakeCamConfig:
 class AffLabelsConfig:
     """Stage 2b: dense-CRF confident regions (paper Sec. 3.2)."""
 
-    low_alpha: float = 4.0
-    high_alpha: float = 32.0
-    crf_iterations: int = 10
-    processes: int = 0  # 0 = all cores
+    low_alpha: float = bounded(4.0, 0.0, 1e3)  # strong background: the objects it keeps are confident
+    high_alpha: float = bounded(32.0, 0.0, 1e3)  # weak background: the background it keeps is confident
+    crf_iterations: int = bounded(10, 1, 1000)
+    processes: int = bounded(0, 0, 1024)  # 0 = all cores
 
 
 @dataclass
-class TrainAffConfig:
+class TrainAffConfig(TrainingConfig):
     """Stage 3: AffinityNet (paper Sec. 3.3; PSA train_aff.py)."""
 
-    backbone: str = ""  # default: the classifier's backbone
-    weights: str = ""  # default: the trained classifier (ImageNet weights in the paper)
+    # the trained classifier's backbone when no weights are given (the paper starts from
+    # ImageNet; on data without ImageNet weights, e.g. the synthetic set, that is the better start)
     init_from_classifier: bool = True
-    batch_size: int = 8
-    epochs: int = 8
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = -1.0
-    crop: int = 448
-    resize_long: tuple[int, int] = (448, 768)
-    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    radius: int = 5
-    num_workers: int = 2  # persistent across epochs
-    amp: bool = True  # bf16 autocast, on CUDA only
-    channels_last: bool = True  # NHWC network and input, on CUDA only
-    compile: bool = False
-    seed: int = 0
+    radius: int = bounded(5, 2, 32)  # pairs within this radius on the stride-8 grid (radius 1 has none)
 
 
 @dataclass
 class RandomWalkConfig:
     """Stage 4: random walk with the learned affinities (paper Sec. 3.4, Eq. 7-9)."""
 
-    alpha: float = 16.0
-    beta: float = 8.0
-    logt: int = 8  # t = 2^logt = 256
-    radius: int = 5
+    alpha: float = bounded(16.0, 0.0, 1e3)
+    beta: float = bounded(8.0, 1e-6, 1e3)
+    logt: int = bounded(8, 0, 20)  # t = 2^logt = 256
+    radius: int = bounded(5, 2, 32)
     method: str = "sparse"  # or "dense" (the original's, for checking)
     channels_last: bool = True  # NHWC AffinityNet and input (faster on CUDA and CPU)
 
 
 @dataclass
-class TrainSegConfig:
+class TrainSegConfig(TrainingConfig):
     """Stage 5a: the segmentation network on the pseudo labels (paper Sec. 5 trains DeepLab on
     them; the optimiser settings here are DeepLab's usual ones, which the paper does not list)."""
 
-    backbone: str = ""  # default: the classifier's backbone
-    weights: str = ""  # ImageNet weights; default: the trained classifier's backbone
-    init_from_classifier: bool = True
+    init_from_classifier: bool = True  # the classifier's backbone when no weights are given
     labels: str = ""  # label folder; default: the random walk's pseudo_labels/
-    batch_size: int = 8
     epochs: int = 12
     lr: float = 0.01  # x10 for the new head (poly schedule, as the other stages)
-    weight_decay: float = 5e-4
     momentum: float = 0.9
-    crop: int = 448
     resize_long: tuple[int, int] = (320, 640)
-    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
-    num_workers: int = 2  # persistent across epochs
-    amp: bool = True  # bf16 autocast, on CUDA only
-    channels_last: bool = True  # NHWC network and input, on CUDA only
-    compile: bool = False
-    seed: int = 0
 
 
 @dataclass
@@ -182,10 +182,11 @@ class SegmentConfig:
     """Stage 5b: segment a split with the trained network and evaluate it."""
 
     split: str = ""  # default: dataset.val_split
-    scales: tuple[float, ...] = (1.0,)
+    scales: tuple[float, ...] = bounded((1.0,), 1e-3, 100.0)
     flip: bool = True
-    crf: bool = False  # dense-CRF post-processing of the probabilities (10 iterations)
-    num_workers: int = 2
+    crf: bool = False  # dense-CRF post-processing of the probabilities
+    crf_iterations: int = bounded(10, 1, 1000)
+    num_workers: int = bounded(2, 0, 256)
     channels_last: bool = True  # NHWC network and input (faster on CUDA and CPU)
 
 
@@ -205,32 +206,66 @@ class RunConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
+# Classifier recipes that differ from the paper's ResNet-38/VGG-16 one, by backbone: ResNet-50
+# follows IRN (Ahn et al., CVPR 2019, train_cam.py): 5 epochs, weight decay 1e-4, crop 512,
+# long side 320-640, and (IRN's optimizer makes the same positional call as PSA's) momentum
+# = the weight decay. They replace the defaults above; YAML and --set still override them.
+BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
+    "resnet50": {"train_cam": {"epochs": 5, "weight_decay": 1e-4, "momentum": 1e-4, "crop": 512,
+                               "resize_long": [320, 640]}},
+}
+
+# names of affinitynet.models.BACKBONES (kept here so that validation needs no torch import;
+# tests/test_models.py checks the two agree)
+BACKBONE_NAMES: tuple[str, ...] = ("resnet38", "vgg16", "resnet50", "tiny")
+
+
 # --------------------------------------------------------------------------------------------
 # Validation, YAML, --set overrides
 # --------------------------------------------------------------------------------------------
-# names of affinitynet.models.BACKBONES (kept here so that validation needs no torch import)
-BACKBONE_NAMES: tuple[str, ...] = ("resnet38", "vgg16", "resnet50", "tiny")
+def _field_range(cls: type, name: str) -> tuple[float, float] | None:
+    """The range declared with field ``name`` of ``cls``; a subclass that only changes a default
+    keeps the range its base class declared."""
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for f in dataclasses.fields(klass):
+                if f.name == name and "range" in f.metadata:
+                    return f.metadata["range"]
+    return None
 
-# key suffix -> (low, high) inclusive bounds, checked on every config after overrides
-RANGES: dict[str, tuple[float, float]] = {
-    "beta": (1e-6, 1e3),
-    "alpha": (0.0, 1e3),
-    "low_alpha": (0.0, 1e3),
-    "high_alpha": (0.0, 1e3),
-    "logt": (0, 20),
-    "radius": (2, 32),  # radius 1 has no pairs (offsets need dx^2 + dy^2 < radius^2)
-    "batch_size": (1, 1 << 16),
-    "epochs": (0, 1 << 16),
-    "lr": (0.0, 100.0),
-    "weight_decay": (0.0, 1.0),
-    "crop": (8, 1 << 14),
-    "crf_iterations": (1, 1000),
-    "processes": (0, 1024),
-    "num_workers": (0, 256),
-    "bg_score": (0.0, 1.0),
-    "train": (0, 1 << 24),
-    "val": (0, 1 << 24),
-}
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Declared field ranges and a few cross-field rules, recursively; raises ConfigError."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        full = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, prefix=f"{full}.")
+            continue
+        bounds = _field_range(type(cfg), f.name)
+        if bounds is None or value is None:
+            continue
+        lo, hi = bounds
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if isinstance(value, (tuple, list)) and not value:
+            raise ConfigError(f"config key '{full}' is empty")
+        if any(not lo <= v <= hi for v in items):
+            raise ConfigError(f"config key '{full}' = {value} is out of range [{lo}, {hi}]")
+    if isinstance(cfg, TrainingConfig):
+        lo, hi = cfg.resize_long
+        if lo > hi:
+            raise ConfigError(f"config key '{prefix}resize_long' = {cfg.resize_long}: need low <= high")
+        if cfg.backbone not in (*BACKBONE_NAMES, ""):
+            raise ConfigError(f"config key '{prefix}backbone' = {cfg.backbone!r}: choose one of "
+                              f"{', '.join(BACKBONE_NAMES)}")
+    if isinstance(cfg, TrainCamConfig) and not cfg.backbone:
+        raise ConfigError(f"config key '{prefix}backbone' is empty: choose one of {', '.join(BACKBONE_NAMES)}")
+    if isinstance(cfg, TrainAffConfig) and cfg.crop < 8 * (2 * cfg.radius - 1):
+        # the crop's stride-8 grid must hold one pair of every offset (width 2*radius-1 cells)
+        raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
+                          f"need at least {8 * (2 * cfg.radius - 1)}")
+    if isinstance(cfg, RandomWalkConfig) and cfg.method not in ("sparse", "dense"):
+        raise ConfigError(f"config key '{prefix}method' = {cfg.method!r}: expected 'sparse' or 'dense'")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -247,30 +282,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp in (int, float):
+        number = _number(value, tp)
+        if number is None:
+            raise ConfigError(f"config key '{key}': expected {'an integer' if tp is int else 'a number'}, "
+                              f"got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -291,13 +308,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported type {tp}")
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _number(value: Any, tp: type) -> int | float | None:
+    """``value`` as an int / float, or None when it is not one (booleans are not numbers)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = tp(value)
+        except ValueError:
+            return None
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def apply_overrides(cfg: Any, data: dict[str, Any], prefix: str = "") -> Any:
     """Set the fields of dataclass ``cfg`` from nested ``data``; unknown keys are errors."""
-    hints = _hints(type(cfg))
+    hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     for key, value in data.items():
         full = f"{prefix}{key}"
@@ -329,61 +358,36 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def validate(cfg: Any, prefix: str = "") -> None:
-    """Range checks by field name (see RANGES) and a few cross-field rules; raises ConfigError."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        full = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            validate(value, prefix=f"{full}.")
-            continue
-        if f.name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
-            lo, hi = RANGES[f.name]
-            if not lo <= value <= hi:
-                raise ConfigError(f"config key '{full}' = {value} is out of range [{lo}, {hi}]")
-    if isinstance(cfg, (TrainCamConfig, TrainAffConfig, TrainSegConfig)):
-        lo, hi = cfg.resize_long
-        if not 8 <= lo <= hi:
-            raise ConfigError(f"config key '{prefix}resize_long' = {cfg.resize_long}: need 8 <= low <= high")
-    with_backbone = (TrainCamConfig, TrainAffConfig, TrainSegConfig)
-    if isinstance(cfg, with_backbone) and cfg.backbone not in (*BACKBONE_NAMES, ""):
-        raise ConfigError(f"config key '{prefix}backbone' = {cfg.backbone!r}: choose one of "
-                          f"{', '.join(BACKBONE_NAMES)}")
-    if isinstance(cfg, TrainCamConfig) and not cfg.backbone:
-        raise ConfigError(f"config key '{prefix}backbone' is empty: choose one of {', '.join(BACKBONE_NAMES)}")
-    if isinstance(cfg, TrainAffConfig) and cfg.crop < 8 * (2 * cfg.radius - 1):
-        # the crop's stride-8 grid must hold one pair of every offset (width 2*radius-1 cells)
-        raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
-                          f"need at least {8 * (2 * cfg.radius - 1)}")
-    if isinstance(cfg, (MakeCamConfig, SegmentConfig)) and (not cfg.scales or min(cfg.scales) <= 0):
-        raise ConfigError(f"config key '{prefix}scales' = {cfg.scales}: need positive scales")
-    if isinstance(cfg, RandomWalkConfig) and cfg.method not in ("sparse", "dense"):
-        raise ConfigError(f"config key '{prefix}method' = {cfg.method!r}: expected 'sparse' or 'dense'")
+def recipe_path(path: str | Path) -> Path:
+    """``path`` itself, or for a bare name without a file of that name (``demo``,
+    ``voc_resnet38``) the recipe of that name shipped in the package."""
+    p = Path(path)
+    if not p.exists() and p.parent == Path(".") and (RECIPES / f"{p.stem}.yaml").is_file():
+        return RECIPES / f"{p.stem}.yaml"
+    return p
 
 
-# Classifier recipes that differ from the paper's ResNet-38/VGG-16 one, by backbone: ResNet-50
-# follows IRN (Ahn et al., CVPR 2019, train_cam.py): 5 epochs, weight decay 1e-4, crop 512,
-# long side 320-640. They replace the defaults above; YAML and --set still override them.
-BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
-    "resnet50": {"train_cam": {"epochs": 5, "weight_decay": 1e-4, "crop": 512, "resize_long": [320, 640]}},
-}
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping; ConfigError naming the file otherwise."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return data
 
 
-def load_config(cls: type, path: str | Path | None = None, sets: list[str] | None = None) -> Any:
-    """Defaults of ``cls`` (with the chosen backbone's recipe), then the YAML file, then ``--set``
-    items; validated."""
+def load_config(cls: type, path: str | Path | None = None, sets: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> Any:
+    """Defaults of ``cls`` (with the chosen backbone's recipe), then the YAML file (a path or a
+    shipped recipe's name), then ``values`` (nested dict), then ``--set`` items; validated."""
     cfg = cls()
-    layers: list[dict[str, Any]] = []
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path}: expected a mapping at the top level")
-        layers.append(data)
+    layers = [read_yaml(recipe_path(path))] if path else []
+    if values:
+        layers.append(values)
     if sets:
         layers.append(parse_set(sets))
     if cls is RunConfig:
@@ -404,9 +408,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples as lists) for YAML/JSON."""
 
     def conv(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [conv(x) for x in v]
-        if isinstance(v, list):
+        if isinstance(v, (tuple, list)):
             return [conv(x) for x in v]
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}

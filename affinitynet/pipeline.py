@@ -1,62 +1,68 @@
-"""The whole pipeline: orders the stages, skips finished ones, writes ``metrics.json``.
+"""The stage table and the whole pipeline: orders the stages, skips finished ones, writes
+``metrics.json``.
+
+``STAGES`` declares every pipeline stage once (command, module, whether it trains, its output);
+the command line and ``run`` both read it. To add a stage: write ``stages/<name>.py`` with
+``run(cfg)`` (``run(cfg, resume)`` if it trains), its config section in ``config.py``, its
+output path in ``artifacts.WorkDir``, and one row here.
 
 ``run(cfg)`` is ``affinitynet run``; ``demo()`` is ``affinitynet demo``: the synthetic dataset
-and the whole pipeline with the tiny backbone on the CPU, then a table CAM vs random walk vs the
-segmentation network trained on the random walk's labels.
+and the recipe ``configs/demo.yaml``, then a table CAM vs random walk vs the segmentation
+network trained on the random walk's labels.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from affinitynet import artifacts, config as C, distributed
 from affinitynet.artifacts import WorkDir
+from affinitynet.common import open_dataset
 from affinitynet.stages import (make_aff_labels, make_cam, random_walk, segment, synth, train_aff, train_cam,
                                 train_seg)
 
-# What the demo changes from the paper's defaults, and why. Everything else is the paper's.
-DEMO_OVERRIDES: dict[str, Any] = {
-    "dataset": {
-        "train_split": "train",
-        "eval_split": "val",  # report on held-out images
-        "val_split": "val",
-        "infer_splits": ["train"],
-    },
-    "train_cam": {
-        "backbone": "tiny",  # CPU budget: no ImageNet weights, ~0.3M parameters
-        "batch_size": 16,
-        "epochs": 12,
-        "lr": 0.1,
-        "crop": 224,  # synthetic images are ~200-320 px
-        "resize_long": [200, 320],
-        "num_workers": 0,
-    },
-    "make_cam": {"scales": [1.0, 0.5, 1.5], "num_workers": 0},
-    "train_aff": {
-        "batch_size": 8,
-        "epochs": 6,
-        "lr": 0.1,
-        "crop": 224,
-        "resize_long": [200, 320],
-        "num_workers": 0,
-    },
-    # random walk: the paper's alpha 16, beta 8, logt 8 (measured best on the synthetic val too)
-    "train_seg": {  # as the classifier: CPU budget, synthetic image sizes
-        "batch_size": 16,
-        "epochs": 12,
-        "crop": 224,
-        "resize_long": [200, 320],
-        "num_workers": 0,
-    },
-    "segment": {"num_workers": 0},
-}
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline."""
+
+    name: str  # key of its timing (and, for evaluating stages, of ``metrics_key``) in metrics.json
+    command: str  # the CLI command
+    module: ModuleType  # has run(cfg) -> dict, or run(cfg, resume) -> dict when it trains
+    help: str
+    trains: bool
+    output: Callable[[WorkDir], Path]  # a training stage is done once this file exists
+    metrics_key: str | None = None  # its evaluation in metrics.json
+
+    def run(self, cfg: C.RunConfig, resume: bool = False) -> dict[str, Any]:
+        return self.module.run(cfg, resume=resume) if self.trains else self.module.run(cfg)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("train_cam", "train-cam", train_cam, "stage 1: train the multi-label classifier", True,
+          lambda wd: wd.classifier.final),
+    Stage("make_cam", "make-cam", make_cam, "stage 2a: multi-scale CAMs (+ CAM prediction and evaluation)",
+          False, lambda wd: wd.cam, "cam"),
+    Stage("aff_labels", "make-aff-labels", make_aff_labels, "stage 2b: dense-CRF confident labels for AffinityNet",
+          False, lambda wd: wd.aff_labels, "aff_labels"),
+    Stage("train_aff", "train-aff", train_aff, "stage 3: train AffinityNet", True, lambda wd: wd.affinity.final),
+    Stage("random_walk", "random-walk", random_walk, "stage 4: random walk -> pseudo labels (+ evaluation)",
+          False, lambda wd: wd.pseudo_labels, "rw"),
+    Stage("train_seg", "train-seg", train_seg, "stage 5a: train the segmentation network on the pseudo labels",
+          True, lambda wd: wd.segmentation.final),
+    Stage("segment", "segment", segment, "stage 5b: segment a split with it (+ evaluation)", False,
+          lambda wd: wd.seg_pred, "seg"),
+)
+
+# what a stage's result holds beyond its scores (kept out of metrics.json)
+_NOT_METRICS = ("confusion", "class_names", "images", "seconds", "history", "final", "steps")
+
 DEMO_DATA = {"train": 200, "val": 50, "seed": 0}
-
-
-def _stage_seconds(result: Any) -> float | None:
-    return result.get("seconds") if isinstance(result, dict) else None
 
 
 def run(cfg: C.RunConfig) -> dict[str, Any]:
@@ -67,37 +73,20 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
     if d.is_main:
         wd.root.mkdir(parents=True, exist_ok=True)
         artifacts.write_bytes(wd.config, C.dump_yaml(cfg).encode())
+    metrics: dict[str, Any] = {}
     times: dict[str, float] = {}
-    results: dict[str, Any] = {}
-    for name, stage, final in (
-        ("train_cam", train_cam, wd.classifier / "final.pth"),
-        ("make_cam", make_cam, None),
-        ("aff_labels", make_aff_labels, None),
-        ("train_aff", train_aff, wd.affinity / "final.pth"),
-        ("random_walk", random_walk, None),
-        ("train_seg", train_seg, wd.segmentation / "final.pth"),
-        ("segment", segment, None),
-    ):
+    for stage in STAGES:
         t0 = time.time()
-        if final is not None:
-            if final.exists():
-                if d.is_main:
-                    print(f"[{name}] done already ({final}), skipped")
-                results[name] = {}
-            else:
-                results[name] = stage.run(cfg, resume=True)
+        if stage.trains and stage.output(wd).exists():
+            if d.is_main:
+                print(f"[{stage.name}] done already ({stage.output(wd)}), skipped")
+            result: dict[str, Any] = {}
         else:
-            results[name] = stage.run(cfg)
-        times[name] = time.time() - t0
-    metrics = {
-        "cam": _pick(results["make_cam"], ("miou", "per_class", "best_threshold", "best_miou", "pixel_accuracy")),
-        "aff_labels": _pick(results["aff_labels"], ("confident_precision", "confident_coverage",
-                                                    "cam_precision_on_confident", "images_per_second")),
-        "rw": _pick(results["random_walk"], ("miou", "per_class", "pixel_accuracy")),
-        "seg": _pick(results["segment"], ("split", "miou", "per_class", "pixel_accuracy")),
-        "seconds": times,
-        "eval_split": cfg.dataset.eval_split,
-    }
+            result = stage.run(cfg, resume=True)
+        times[stage.name] = time.time() - t0
+        if stage.metrics_key:
+            metrics[stage.metrics_key] = {k: v for k, v in result.items() if k not in _NOT_METRICS}
+    metrics.update(seconds=times, eval_split=cfg.dataset.eval_split)
     if d.is_main:
         artifacts.write_json(wd.metrics, metrics)
         save_pictures(cfg)
@@ -110,7 +99,6 @@ def save_pictures(cfg: C.RunConfig, count: int = 6) -> list[Path]:
     image), ground truth."""
     from affinitynet import visualize
     from affinitynet.data.images import load_label_png
-    from affinitynet.stages.common import open_dataset
 
     wd = WorkDir(cfg.workdir)
     voc = open_dataset(cfg)
@@ -127,26 +115,17 @@ def save_pictures(cfg: C.RunConfig, count: int = 6) -> list[Path]:
     return written
 
 
-def _pick(result: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: result[k] for k in keys if k in result}
-
-
 def demo_config(workdir: str | Path, sets: list[str] | None = None, device: str = "auto") -> C.RunConfig:
-    cfg = C.RunConfig()
-    C.apply_overrides(cfg, DEMO_OVERRIDES)
-    cfg.workdir = str(workdir)
-    cfg.device = device
-    cfg.dataset.root = str(Path(workdir) / "data")
-    if sets:
-        C.apply_overrides(cfg, C.parse_set(sets))
-    C.validate(cfg)
-    return cfg
+    """The demo's config: the recipe ``configs/demo.yaml`` with the work folder, the synthetic
+    data inside it (``<workdir>/data``) and the device, then ``sets``."""
+    place = {"workdir": str(workdir), "dataset": {"root": str(Path(workdir) / "data")}, "device": device}
+    return C.load_config(C.RunConfig, "demo", sets, values=place)
 
 
 def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, device: str = "auto",
          data: dict[str, int] | None = None) -> dict[str, Any]:
-    """Synthetic dataset + whole pipeline with the tiny backbone; prints CAM vs random walk vs
-    the segmentation network."""
+    """Synthetic dataset + whole pipeline with the CPU recipe; prints CAM vs random walk vs the
+    segmentation network."""
     t0 = time.time()
     cfg = demo_config(workdir, sets, device)
     root = Path(cfg.dataset.root)

@@ -1,20 +1,32 @@
-"""Small pieces shared by the training stages: seeding, RNG state for exact resume, autocast,
-finite-loss guard, and the per-step metrics log. Each stage keeps its own plain loop."""
+"""The one training loop of the three training stages (``fit``), a plain loop: seeding, a
+sampler with per-image augmentation seeds, DDP, AMP / channels-last, checkpoints with RNG
+states for exact resume, a finite-loss guard and the per-step log. Each stage builds the
+network, datasets and criterion and hands them over."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
 import math
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
 
+from affinitynet import artifacts, distributed
+from affinitynet.artifacts import TrainingFolder
+from affinitynet.common import image_to
+from affinitynet.config import TrainingConfig, to_dict
 from affinitynet.errors import AffinityNetError, InputError
+from affinitynet.models.optim import build_optimizer
+
+#: a training stage's loss: (network, batch on the device) -> (loss, extra floats for the log)
+Criterion = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
 
 class TrainingDiverged(AffinityNetError):
@@ -57,12 +69,6 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def image_to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """A (B, 3, H, W) batch to ``device``, NHWC when the network is (``channels_last``)."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.to(device, non_blocking=True, memory_format=fmt)
-
-
 def check_finite(loss: torch.Tensor, step: int, epoch: int, last_checkpoint: str) -> None:
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -70,21 +76,6 @@ def check_finite(loss: torch.Tensor, step: int, epoch: int, last_checkpoint: str
             f"loss became {value} at step {step} (epoch {epoch}); training stopped, "
             f"the last good checkpoint is {last_checkpoint or 'none (no epoch finished)'}"
         )
-
-
-def load_backbone_weights(net: torch.nn.Module, path: str) -> list[str]:
-    """Initialise the backbone of ``net`` from a weights file (ImageNet .params / .caffemodel /
-    .pth, or a trained sibling network); heads keep their fresh initialisation. Returns the
-    file's keys that were not used."""
-    from affinitynet.models import load_backbone_state_dict
-    from affinitynet.weights import load_weights
-
-    try:
-        return load_backbone_state_dict(net, load_weights(path))
-    except InputError as exc:
-        if str(exc).startswith(str(path)):
-            raise
-        raise InputError(f"{path}: {exc}") from None
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -125,75 +116,77 @@ def _loader(dataset, batch_size: int, seed: int, num_workers: int, device: torch
     return loader, sampler
 
 
-def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_size: int, epochs: int,
-        lr: float, weight_decay: float, momentum: float, num_workers: int, amp: bool, compile: bool,
-        seed: int, resume: bool, config, desc: str, channels_last: bool = False) -> dict[str, Any]:
-    """The training loop shared by train-cam and train-aff.
+def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_set: Dataset | None,
+        settings: TrainingConfig, out: TrainingFolder, device: torch.device, *, resume: bool,
+        config: Any, desc: str, channels_last: bool | None = None) -> dict[str, Any]:
+    """Train ``model`` with ``criterion`` on ``train_set`` for ``settings.epochs`` epochs.
 
-    ``loss_fn(model, batch) -> (loss, extra_metrics)``. ``train_set`` is indexed with
+    ``criterion(model, batch) -> (loss, extra metrics)`` gets batches already on ``device``
+    (images NHWC when the network is: ``channels_last``, by default ``settings.channels_last`` on
+    CUDA, where it is faster; on the CPU it is not). ``train_set`` is indexed with
     ``(index, augmentation seed)`` pairs (see ``EpochSampler``), ``val_set`` with plain indices.
-    The global ``batch_size`` is split over the ranks; the poly schedule counts global steps.
-    Rank 0 writes ``out_dir/checkpoint.pt`` after every epoch (model, optimizer incl. schedule
-    step, epoch, RNG states, config), ``out_dir/final.pth`` at the end and ``out_dir/log.jsonl``
-    throughout. ``channels_last``
-    converts the network to NHWC (``loss_fn`` converts its input, see ``image_to``).
+    SGD with the poly schedule over the model's four parameter groups; the global
+    ``settings.batch_size`` is split over the ranks and the schedule counts global steps.
+    Rank 0 writes ``out.checkpoint`` every epoch (model, optimizer incl. schedule step, epoch, RNG
+    states, ``config``), ``out.final`` at the end and ``out.log`` throughout; ``resume``
+    continues from ``out.checkpoint``. Returns {"final", "steps", "history", "seconds"}.
     """
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from affinitynet import artifacts, distributed
-    from affinitynet.config import to_dict
-    from affinitynet.models.optim import build_optimizer
-
-    out_dir = Path(out_dir)
-    ckpt_path, final_path, log_path = out_dir / "checkpoint.pt", out_dir / "final.pth", out_dir / "log.jsonl"
+    t0 = time.time()
+    dist_info = distributed.current()
     if dist_info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        artifacts.remove_stale_tmp(out_dir)
+        out.root.mkdir(parents=True, exist_ok=True)
+        artifacts.remove_stale_tmp(out.root)
     if len(train_set) == 0:
         raise AffinityNetError(f"{desc}: the training split has no usable image")
-    per_rank = max(1, batch_size // dist_info.world_size)
-    if dist_info.is_main and per_rank * dist_info.world_size != batch_size:
-        print(f"{desc}: batch size {batch_size} is global; {dist_info.world_size} ranks take "
+    per_rank = max(1, settings.batch_size // dist_info.world_size)
+    if dist_info.is_main and per_rank * dist_info.world_size != settings.batch_size:
+        print(f"{desc}: batch size {settings.batch_size} is global; {dist_info.world_size} ranks take "
               f"{per_rank} images each, i.e. {per_rank * dist_info.world_size} per step")
     drop_last = len(train_set) >= per_rank * dist_info.world_size
-    loader, sampler = _loader(train_set, per_rank, seed, num_workers, device, dist_info, drop_last)
-    steps_per_epoch = len(loader)
-    max_step = max(1, steps_per_epoch * epochs)
-    seed_everything(seed)
-    net.to(device)
+    loader, sampler = _loader(train_set, per_rank, settings.seed, settings.num_workers, device, dist_info,
+                              drop_last)
+    max_step = max(1, len(loader) * settings.epochs)
+    seed_everything(settings.seed)
+    if channels_last is None:
+        channels_last = settings.channels_last and device.type == "cuda"
+    model.to(device)
     if channels_last:
-        net.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(net, lr=lr, weight_decay=weight_decay, max_step=max_step,
-                                momentum=None if momentum < 0 else momentum)
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, max_step=max_step,
+                                momentum=settings.momentum)
     start_epoch, step = 0, 0
     last_good = ""  # the checkpoint a divergence falls back to: only one this run wrote or resumed
-    if resume and ckpt_path.exists():
-        start_epoch, step = _resume(ckpt_path, net, optimizer, desc)
-        last_good = str(ckpt_path)
+    if resume and out.checkpoint.exists():
+        start_epoch, step = _resume(out.checkpoint, model, optimizer, desc)
+        last_good = str(out.checkpoint)
         if dist_info.is_main:
-            _truncate_log(log_path, step)
+            _truncate_log(out.log, step)
     elif resume and dist_info.is_main:
-        print(f"{desc}: no checkpoint in {out_dir}, starting from scratch")
-    if not resume and dist_info.is_main and log_path.exists():
-        log_path.unlink()
-    model = distributed.wrap_model(net, device, sync_bn=True)
-    if compile:
-        model = torch.compile(model)
+        print(f"{desc}: no checkpoint in {out.root}, starting from scratch")
+    if not resume and dist_info.is_main and out.log.exists():
+        out.log.unlink()
+    wrapped = distributed.wrap_model(model, device, sync_bn=True)
+    if settings.compile:
+        wrapped = torch.compile(wrapped)
+
+    def to_device(batch: Any) -> list[Any]:
+        image, *rest = batch
+        return [image_to(image, device, channels_last),
+                *(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in rest)]
+
     history: list[dict[str, Any]] = []
     bar = None
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, settings.epochs):
         # dropout masks come from the global RNG (augmentation has its own per-image seeds)
-        torch.manual_seed(_epoch_seed(seed, epoch, dist_info.rank))
+        torch.manual_seed(_epoch_seed(settings.seed, epoch, dist_info.rank))
         sampler.set_epoch(epoch)
-        model.train()
+        wrapped.train()
         total, count, t_epoch = 0.0, 0, time.time()
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not dist_info.is_main,
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{settings.epochs}", disable=not dist_info.is_main,
                    dynamic_ncols=True, leave=False)
         for batch in bar:
-            with autocast(device, amp):
-                loss, extra = loss_fn(model, batch)
+            with autocast(device, settings.amp):
+                loss, extra = criterion(wrapped, to_device(batch))
             # the mean over ranks is the loss of the global batch; every rank sees the same value,
             # so a diverged run stops on all ranks together instead of hanging in the all-reduce
             loss_global = distributed.all_reduce_mean(loss.detach().float())
@@ -207,46 +200,34 @@ def fit(*, net, train_set, val_set, loss_fn, out_dir, device, dist_info, batch_s
             lr_now = optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_now:.2e}")
             if dist_info.is_main:
-                artifacts.append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step,
-                                                  "loss": value, "lr": lr_now, **extra})
+                artifacts.append_jsonl(out.log, {"kind": "step", "epoch": epoch, "step": step,
+                                                 "loss": value, "lr": lr_now, **extra})
         record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": total / max(count, 1),
                   "seconds": time.time() - t_epoch}
         if val_set is not None and len(val_set):
             # the bare network: ranks get unequal shares, and DDP's forward would wait for all ranks
-            record["val_loss"] = evaluate_loss(net, val_set, loss_fn, per_rank, device, amp, dist_info)
+            record["val_loss"] = evaluate_loss(model, val_set, criterion, to_device, per_rank, device,
+                                               settings.amp)
         history.append(record)
         if dist_info.is_main:
-            artifacts.append_jsonl(log_path, record)
-            artifacts.save_checkpoint(ckpt_path, {
-                "version": 1, "model": distributed.unwrap(net).state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
-                "rng": rng_state(), "config": to_dict(config)})
-            last_good = str(ckpt_path)
+            artifacts.append_jsonl(out.log, record)
+            artifacts.save_checkpoint(out.checkpoint, {
+                "version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1, "step": step, "rng": rng_state(), "config": to_dict(config)})
+            last_good = str(out.checkpoint)
             msg = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.endswith("loss"))
-            print(f"{desc}: epoch {epoch + 1}/{epochs} {msg} ({record['seconds']:.1f}s)")
+            print(f"{desc}: epoch {epoch + 1}/{settings.epochs} {msg} ({record['seconds']:.1f}s)")
         distributed.barrier()
     del loader, bar  # the last references to the persistent workers: stops them
     if dist_info.is_main:
-        state = {k: v.contiguous() for k, v in distributed.unwrap(net).state_dict().items()}
-        artifacts.save_checkpoint(final_path, state)
+        artifacts.save_checkpoint(out.final, {k: v.contiguous() for k, v in model.state_dict().items()})
     distributed.barrier()
-    return {"final": str(final_path), "steps": step, "history": history}
-
-
-def fit_stage(section, **kwargs) -> dict[str, Any]:
-    """``fit`` with the hyper-parameters of a training stage's config section (``train_cam``,
-    ``train_aff``, ``train_seg``): batch size, epochs, lr, weight decay, momentum, loader
-    workers, amp, compile, seed; ``kwargs`` give the rest."""
-    return fit(batch_size=section.batch_size, epochs=section.epochs, lr=section.lr,
-               weight_decay=section.weight_decay, momentum=section.momentum,
-               num_workers=section.num_workers, amp=section.amp, compile=section.compile,
-               seed=section.seed, **kwargs)
+    return {"final": str(out.final), "steps": step, "history": history, "seconds": time.time() - t0}
 
 
 def _resume(ckpt_path, net, optimizer, desc: str) -> tuple[int, int]:
     """Load model, optimizer and RNG states from ``ckpt_path`` -> (next epoch, global step).
     A checkpoint of another network or not written by ``fit`` is an InputError naming it."""
-    from affinitynet import artifacts
     from affinitynet.models import load_state_dict_strict
 
     state = artifacts.load_checkpoint(ckpt_path)
@@ -266,8 +247,6 @@ def _resume(ckpt_path, net, optimizer, desc: str) -> tuple[int, int]:
 def _truncate_log(log_path, step: int) -> None:
     """Drop log records after the checkpoint's ``step`` (a killed run logged steps that the
     resumed run repeats), so the log lists every step once."""
-    from affinitynet import artifacts
-
     if not log_path.exists():
         return
     keep = [r for r in artifacts.read_jsonl(log_path) if int(r.get("step", 0)) <= step]
@@ -275,25 +254,22 @@ def _truncate_log(log_path, step: int) -> None:
 
 
 @torch.no_grad()
-def evaluate_loss(model, dataset, loss_fn, batch_size: int, device, amp: bool, dist_info) -> float:
+def evaluate_loss(model: torch.nn.Module, dataset: Dataset, criterion: Criterion,
+                  to_device: Callable[[Any], Any], batch_size: int, device: torch.device, amp: bool) -> float:
     """Mean loss over ``dataset`` in eval mode, over all ranks.
 
     Each rank takes every world_size-th image (no padding duplicates, unlike DistributedSampler),
     so the sums all-reduced over ranks give the single-process mean. Pass the bare network, not
     the DDP wrapper: the shares may differ by one batch, and DDP's forward is collective.
     """
-    from torch.utils.data import DataLoader, Subset
-
-    from affinitynet import distributed
-
-    mine = Subset(dataset, distributed.shard(range(len(dataset)), dist_info))
+    mine = Subset(dataset, distributed.shard(range(len(dataset))))
     loader = DataLoader(mine, batch_size=batch_size, shuffle=False, num_workers=0,
                         pin_memory=device.type == "cuda")
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
     for batch in loader:
         with autocast(device, amp):
-            loss, _ = loss_fn(model, batch)
+            loss, _ = criterion(model, to_device(batch))
         total += torch.tensor([float(loss) * len(batch[0]), len(batch[0])], dtype=torch.float64)
     total = distributed.all_reduce_sum(total.to(device) if device.type == "cuda" else total).cpu()
     model.train()

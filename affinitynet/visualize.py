@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from affinitynet.artifacts import atomic_path  # noqa: E402
-from affinitynet.data.palette import colorize  # noqa: E402
+from affinitynet.artifacts import atomic_path
+from affinitynet.data.palette import colorize
 
 
 def overview(path: str | Path, image: np.ndarray, keys: np.ndarray | None = None,
@@ -27,7 +24,9 @@ def overview(path: str | Path, image: np.ndarray, keys: np.ndarray | None = None
     labels = {k: v for k, v in (labels or {}).items() if v is not None}
     cams = [] if keys is None or maps is None else list(zip(keys, maps))
     panels = 1 + len(cams) + len(labels)
-    fig, axes = plt.subplots(1, panels, figsize=(2.6 * panels, 2.8), squeeze=False)
+    # a Figure of its own (no pyplot): no global backend or figure registry, works without a display
+    fig = Figure(figsize=(2.6 * panels, 2.8))
+    axes = fig.subplots(1, panels, squeeze=False)
     axes = axes[0]
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=9)
@@ -45,5 +44,4 @@ def overview(path: str | Path, image: np.ndarray, keys: np.ndarray | None = None
     path = Path(path)
     with atomic_path(path) as tmp:  # never a half-drawn picture
         fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
     return path

@@ -42,7 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 
-from affinitynet.algorithms.cam import CAM_SCALES, multiscale_cam, resize_image  # noqa: E402
+from affinitynet.algorithms.cam import multiscale_cam, resize_image  # noqa: E402
+from affinitynet.config import MakeCamConfig  # noqa: E402
 from affinitynet.data.transforms import normalize  # noqa: E402
 from affinitynet.models import build_classifier  # noqa: E402
 from affinitynet.stages.make_cam import batch_flip_on, cam_function  # noqa: E402
@@ -106,7 +107,7 @@ def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=2, help="random images (each timed once per variant)")
     parser.add_argument("--size", default="500x375", help="image width x height")
-    parser.add_argument("--scales", default=",".join(map(str, CAM_SCALES)))
+    parser.add_argument("--scales", default=",".join(map(str, MakeCamConfig().scales)))
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--backbone", default=None, help="default resnet38 (tiny with --quick)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

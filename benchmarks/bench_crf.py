@@ -91,14 +91,14 @@ def write_cams(cfg, sigma_frac: float = 0.03) -> int:
 
 
 def install_call_log(log: Path) -> Callable[[], None]:
-    """Make every per-image call of the stage append ``pid name`` to ``log`` (forked workers
-    inherit the wrapped function; pickling finds it under the original's name). Returns the
-    function that puts the original back."""
-    original = make_aff_labels._label_one
+    """Make every per-image call of the stage (``LabelJob.__call__``) append ``pid name`` to
+    ``log`` (forked workers inherit the patched class). Returns the function that puts the
+    original back."""
+    original = make_aff_labels.LabelJob.__call__
 
     @functools.wraps(original)
-    def logged(name: str) -> str:
-        out = original(name)
+    def logged(self, name: str) -> str:
+        out = original(self, name)
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, f"{os.getpid()} {name}\n".encode())  # one small write: atomic with O_APPEND
@@ -106,10 +106,10 @@ def install_call_log(log: Path) -> Callable[[], None]:
             os.close(fd)
         return out
 
-    make_aff_labels._label_one = logged
+    make_aff_labels.LabelJob.__call__ = logged
 
     def restore() -> None:
-        make_aff_labels._label_one = original
+        make_aff_labels.LabelJob.__call__ = original
 
     return restore
 

@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from affinitynet.algorithms.affinity import affinity_from_features, dense_affinity  # noqa: E402
 from affinitynet.algorithms.random_walk import (background_score, random_walk,  # noqa: E402
                                                 random_walk_dense)
+from affinitynet.config import RandomWalkConfig  # noqa: E402
 
-ALPHA, BETA, LOGT = 16, 8, 8  # the paper's random-walk settings
+_walk = RandomWalkConfig()  # the paper's random-walk settings
+ALPHA, BETA, LOGT, RADIUS = _walk.alpha, _walk.beta, _walk.logt, _walk.radius
 
 
 def make_case(height: int, width: int, num_classes: int, seed: int = 0
@@ -57,7 +59,7 @@ def make_case(height: int, width: int, num_classes: int, seed: int = 0
     region_class[num_classes:] = rng.integers(-1, num_classes, n_regions - num_classes)
     features = np.eye(n_regions, dtype=np.float32)[region].transpose(2, 0, 1) * 3
     features += 0.05 * rng.standard_normal(features.shape).astype(np.float32)
-    aff = affinity_from_features(torch.from_numpy(features)[None])[0]
+    aff = affinity_from_features(torch.from_numpy(features)[None], RADIUS)[0]
     cams = np.zeros((num_classes, height, width), np.float32)
     for r, c in enumerate(region_class):
         if c < 0:
@@ -93,18 +95,20 @@ def child(method: str, height: int, width: int, repeats: int, case_dir: str) -> 
     cams = torch.from_numpy(np.load(f"{case_dir}/cams.npy"))
     aff = torch.from_numpy(np.load(f"{case_dir}/aff.npy"))
     k = cams.shape[0]
+    if method == "sparse":
+        torch.set_num_threads(1)  # as the random-walk stage runs it (256 short steps)
     # warm-up on a tiny grid so thread pools and kernels are loaded before the baseline
     small_cams, small_aff = make_case(12, 12, 1)
-    random_walk(small_cams, small_aff, 12, 12, BETA, LOGT)
-    random_walk_dense(small_cams.reshape(2, -1), dense_affinity(small_aff, 12, 12), BETA, LOGT)
+    random_walk(small_cams, small_aff, 12, 12, BETA, LOGT, RADIUS)
+    random_walk_dense(small_cams.reshape(2, -1), dense_affinity(small_aff, 12, 12, RADIUS), BETA, LOGT)
     base = current_rss_mb()
     times = []
     for _ in range(repeats if method == "sparse" else 1):
         start = time.perf_counter()
         if method == "sparse":
-            scores = random_walk(cams, aff, height, width, BETA, LOGT)
+            scores = random_walk(cams, aff, height, width, BETA, LOGT, RADIUS)
         else:
-            dense = dense_affinity(aff, height, width)
+            dense = dense_affinity(aff, height, width, RADIUS)
             scores = random_walk_dense(cams.reshape(k, -1), dense, BETA, LOGT)
             scores = scores.reshape(k, height, width)
             del dense

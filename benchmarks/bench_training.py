@@ -103,7 +103,7 @@ def step_rows(steps: int, warmup: int, use_compile: bool, device: torch.device, 
         net = build_classifier(backbone, 20).to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=steps + warmup)
+        optimizer = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=steps + warmup, momentum=5e-4)
         model = torch.compile(net) if compiled else net
         inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         times = []

@@ -51,13 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when l
 
 from affinitynet.algorithms.affinity import (affinity_from_features, affinity_labels,  # noqa: E402
                                              affinity_loss)
-from affinitynet.algorithms.cam import CAM_SCALES, multiscale_cam  # noqa: E402
+from affinitynet.algorithms.cam import multiscale_cam  # noqa: E402
 from affinitynet.algorithms.random_walk import propagate_cams  # noqa: E402
 from affinitynet.data.synthetic import make_sample  # noqa: E402
 from affinitynet.algorithms.segmentation import multiscale_probabilities  # noqa: E402
 from affinitynet.data.transforms import (AffinityTransform, ClassificationTransform,  # noqa: E402
                                          SegmentationTransform, normalize)
-from affinitynet.config import AffLabelsConfig  # noqa: E402
+from affinitynet.common import torch_threads  # noqa: E402
+from affinitynet.config import AffLabelsConfig, RunConfig  # noqa: E402
 from affinitynet.models import (build_affinity_net, build_classifier, build_optimizer,  # noqa: E402
                                 build_segmentation_net)
 from affinitynet.stages.make_aff_labels import confident_label_map  # noqa: E402
@@ -66,9 +67,11 @@ from _common import cuda_suffix, machine, print_table_header, sync, usable_cores
 
 VOC_TRAIN_AUG, VOC_VAL = 10_582, 1_449
 VOC_SIZE = (500, 375)  # width, height
-CAM_EPOCHS, AFF_EPOCHS = 15, 8  # the paper's schedules (PSA train_cls / train_aff)
-CAM_BATCH, AFF_BATCH, CROP = 16, 8, 448
-SEG_EPOCHS, SEG_BATCH = 12, 8  # the train_seg defaults
+paper = RunConfig()  # the paper's settings (and the train_seg defaults)
+CAM_EPOCHS, AFF_EPOCHS, SEG_EPOCHS = paper.train_cam.epochs, paper.train_aff.epochs, paper.train_seg.epochs
+CAM_BATCH, AFF_BATCH, SEG_BATCH = paper.train_cam.batch_size, paper.train_aff.batch_size, paper.train_seg.batch_size
+CROP = paper.train_cam.crop
+WALK = {k: getattr(paper.random_walk, k) for k in ("alpha", "beta", "logt", "radius")}
 
 GPU_KEYS: dict[str, str] = {
     "train_cam_step_s": f"ResNet-38 classifier training step, batch {CAM_BATCH}, crop {CROP}, bf16 autocast",
@@ -118,9 +121,9 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
     width, height = size
     h, w = -(-height // 8), -(-width // 8)
     gen = torch.Generator().manual_seed(0)
-    cls_tf = ClassificationTransform(crop=CROP, resize_long=(256, 512), generator=gen)
-    aff_tf = AffinityTransform(crop=CROP, resize_long=(448, 768), generator=gen)
-    seg_tf = SegmentationTransform(crop=CROP, resize_long=(320, 640), generator=gen)
+    cls_tf = ClassificationTransform(CROP, paper.train_cam.resize_long, paper.train_cam.color_jitter, generator=gen)
+    aff_tf = AffinityTransform(CROP, paper.train_aff.resize_long, paper.train_aff.color_jitter, generator=gen)
+    seg_tf = SegmentationTransform(CROP, paper.train_seg.resize_long, paper.train_seg.color_jitter, generator=gen)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a loader worker / a CRF process each have one core
     try:
@@ -141,9 +144,10 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
         for i, (image, label) in enumerate(scenes):
             keys, maps = cams_from_label(label)
             features = torch.randn(1, 32, h, w, generator=gen)
-            aff = affinity_from_features(features)[0]
+            aff = affinity_from_features(features, 5)[0]
             start = time.perf_counter()
-            propagate_cams(keys, maps, aff, (height, width), num_classes=5)
+            with torch_threads(1):  # as the random-walk stage runs the walk
+                propagate_cams(keys, maps, aff, (height, width), **WALK, num_classes=5)
             out["walk"].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
@@ -151,7 +155,7 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
 
 
 def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CROP,
-                size: tuple[int, int] = VOC_SIZE, scales: tuple[float, ...] = CAM_SCALES,
+                size: tuple[int, int] = VOC_SIZE, scales: tuple[float, ...] = paper.make_cam.scales,
                 repeats: int = 5, cam_batch: int = CAM_BATCH, aff_batch: int = AFF_BATCH,
                 seg_batch: int = SEG_BATCH) -> dict[str, float]:
     """Per-step / per-image seconds of the network parts on ``device`` (keys of GPU_KEYS and
@@ -169,7 +173,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
 
     # train-cam step (training.fit: bf16 autocast on CUDA, SGD poly)
     net = build_classifier(backbone, 20).to(device)
-    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100)
+    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100, momentum=5e-4)
     x = torch.randn(cam_batch, 3, crop, crop, generator=gen).to(device)
     y = (torch.rand(cam_batch, 20, generator=gen) < 0.15).float().to(device)
 
@@ -198,7 +202,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
 
     # train-aff step
     net = build_affinity_net(backbone).to(device)
-    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100)
+    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100, momentum=5e-4)
     x = torch.randn(aff_batch, 3, crop, crop, generator=gen).to(device)
     grid = torch.randint(0, 3, (aff_batch, crop // 8, crop // 8), generator=gen).to(torch.uint8)
     labels = [t.to(device) for t in affinity_labels(grid, 5)]
@@ -220,7 +224,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     keys = np.array([3, 11])
     maps = np.random.default_rng(1).random((2, height, width), dtype=np.float32)
     out["random_walk_s_per_image"] = median_time(
-        lambda: propagate_cams(keys, maps, aff, (height, width)), repeats, 1, sync_device)
+        lambda: propagate_cams(keys, maps, aff, (height, width), **WALK, num_classes=20), repeats, 1, sync_device)
     del net, opt, x
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def base(tmp_path_factory) -> Case:
     assert main(["make-cam", "--config", str(case.cfg_file)]) == 0
     from affinitynet.models import build_affinity_net
 
-    artifacts.save_checkpoint(case.work.affinity / "final.pth", build_affinity_net("tiny").state_dict())
+    artifacts.save_checkpoint(case.work.affinity.final, build_affinity_net("tiny").state_dict())
     return case
 
 
@@ -183,7 +182,7 @@ def test_bad_image_file_train_cam_and_random_walk(make_case, capsys):
     assert not case.work.png(case.work.pseudo_labels, BAD).exists()
     msg = fail(capsys, *stage("train-cam", case))
     assert msg.startswith(str(case.image())) and "truncated" in msg
-    assert not (case.work.classifier / "final.pth").exists()
+    assert not (case.work.classifier.final).exists()
     assert stray_tmp(case.work.root) == []
 
 
@@ -260,7 +259,7 @@ def test_cam_from_another_image_size_or_dataset(make_case, capsys):
 
 def test_checkpoint_for_another_network(make_case, capsys):
     case = make_case("classifier")
-    final = case.work.classifier / "final.pth"
+    final = case.work.classifier.final
     msg = fail(capsys, *stage("make-cam", case, "--set", "train_cam.backbone=resnet50"))
     assert msg.startswith(str(final)) and "does not fit" in msg and "missing keys" in msg
     assert_no_partial_cams(case)
@@ -271,7 +270,7 @@ def test_checkpoint_for_another_network(make_case, capsys):
     assert msg.startswith(str(final)) and "fc8.weight" in msg and "shape" in msg
     # resuming training from it
     msg = fail(capsys, *stage("train-cam", case, "--resume"))
-    assert msg.startswith(str(case.work.classifier / "checkpoint.pt")) and "fc8.weight" in msg
+    assert msg.startswith(str(case.work.classifier.checkpoint)) and "fc8.weight" in msg
 
 
 class _Evil:
@@ -284,17 +283,17 @@ class _Evil:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("where", ["final.pth", "checkpoint.pt", "weights"])
+@pytest.mark.parametrize("where", ["final weights", "checkpoint", "imagenet weights"])
 def test_malicious_pickle_never_runs(make_case, capsys, tmp_path, where):
     case = make_case("classifier")
     marker = tmp_path / "pwned"
     evil = {"model": {"w": torch.zeros(1)}, "payload": _Evil(marker)}
-    if where == "final.pth":
-        path = case.work.classifier / "final.pth"
+    if where == "final weights":
+        path = case.work.classifier.final
         torch.save(evil, path)
         argv = stage("make-cam", case)
-    elif where == "checkpoint.pt":
-        path = case.work.classifier / "checkpoint.pt"
+    elif where == "checkpoint":
+        path = case.work.classifier.checkpoint
         torch.save(evil, path)
         argv = stage("train-cam", case, "--resume")
     else:
@@ -310,7 +309,7 @@ def test_malicious_pickle_never_runs(make_case, capsys, tmp_path, where):
 
 def test_truncated_or_missing_checkpoint(make_case, capsys):
     case = make_case("classifier")
-    final = case.work.classifier / "final.pth"
+    final = case.work.classifier.final
     final.write_bytes(final.read_bytes()[:100])
     msg = fail(capsys, *stage("make-cam", case))
     assert msg.startswith(str(final)) and "not a loadable checkpoint" in msg
@@ -340,9 +339,9 @@ def test_loss_becomes_nan_or_inf(make_case, capsys, monkeypatch, value, at_step)
 
     monkeypatch.setattr(torch.nn.functional, "multilabel_soft_margin_loss", loss)
     msg = fail(capsys, *stage("train-cam", case, "--set", "train_cam.epochs=2"))
-    ckpt = case.work.classifier / "checkpoint.pt"
+    ckpt = case.work.classifier.checkpoint
     assert f"loss became {value} at step {at_step}" in msg
-    assert not (case.work.classifier / "final.pth").exists()
+    assert not (case.work.classifier.final).exists()
     if at_step == 0:
         assert "none (no epoch finished)" in msg and not ckpt.exists()
     else:
@@ -367,25 +366,24 @@ def test_no_space_left_on_rename(make_case, capsys, monkeypatch):
 def test_no_space_left_while_writing_checkpoint(make_case, capsys, monkeypatch):
     """Real ENOSPC: every temporary file is a link to /dev/full, whose writes fail that way."""
     case = make_case()
-    real_mkstemp = tempfile.mkstemp
+    real_new_temp = artifacts.new_temp_file
 
-    def mkstemp_on_full_disk(*args, **kwargs):
-        fd, name = real_mkstemp(*args, **kwargs)
-        os.close(fd)
+    def temp_on_full_disk(path):
+        name = real_new_temp(path)
         os.unlink(name)
         os.symlink("/dev/full", name)
-        return os.open(name, os.O_WRONLY), name
+        return name
 
-    monkeypatch.setattr(artifacts.tempfile, "mkstemp", mkstemp_on_full_disk)
+    monkeypatch.setattr(artifacts, "new_temp_file", temp_on_full_disk)
     msg = fail(capsys, *stage("train-cam", case))
-    ckpt = case.work.classifier / "checkpoint.pt"
+    ckpt = case.work.classifier.checkpoint
     assert msg.startswith(str(ckpt)) and "no space left on the device" in msg
     assert not ckpt.exists() and stray_tmp(case.work.root) == []
 
 
 def test_no_space_left_outside_the_atomic_writers(make_case, capsys, monkeypatch):
     case = make_case()
-    log = case.work.classifier / "log.jsonl"
+    log = case.work.classifier.log
 
     def full(path, record):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

@@ -43,9 +43,9 @@ def table_rows(text: str, header_start: str) -> list[list[str]]:
 def test_bench_crf_quick(capsys):
     from affinitynet.stages import make_aff_labels
 
-    stage_fn = make_aff_labels._label_one
+    stage_fn = make_aff_labels.LabelJob.__call__
     assert load("bench_crf").main(["--quick"]) == 0
-    assert make_aff_labels._label_one is stage_fn  # the call log is removed again
+    assert make_aff_labels.LabelJob.__call__ is stage_fn  # the call log is removed again
     out = capsys.readouterr().out
     assert "Machine:" in out and "torch" in out
     rows = table_rows(out, "| images |")

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from affinitynet.algorithms.cam import (
-    CAM_SCALES,
     ThresholdSweep,
     best_threshold,
     cam_prediction,
@@ -17,6 +16,12 @@ from affinitynet.algorithms.cam import (
 )
 from affinitynet.algorithms.crf import canvas, confident_labels, crf_with_background, dense_crf
 from conftest import golden_cases, rel_err
+
+# the golden README's procedure: these scales in this order, CAM prediction with background 0.2,
+# 10 CRF iterations
+GOLDEN_SCALES = (1.0, 0.5, 1.5, 2.0)
+GOLDEN_BG_SCORE = 0.2
+CRF_ITERATIONS = 10
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -39,14 +44,14 @@ def stand_in_cam_fn():
 @pytest.mark.parametrize("path", golden_cases("cam_crf_*.npz"))
 def test_multiscale_cam_and_prediction_match_golden(path):
     d = np.load(path)
-    keys, maps = multiscale_cam(stand_in_cam_fn(), d["image"], d["label"], resnet38_normalize)
+    keys, maps = multiscale_cam(stand_in_cam_fn(), d["image"], d["label"], resnet38_normalize, GOLDEN_SCALES)
     np.testing.assert_array_equal(keys, d["cam_keys"])
     assert keys.dtype == np.int64 and maps.dtype == np.float32
     assert maps.shape == d["cam_maps"].shape
     assert rel_err(maps, d["cam_maps"]) <= 1e-4
     assert maps.min() >= 0 and maps.max() <= 1
 
-    pred = cam_prediction(keys, maps)
+    pred = cam_prediction(keys, maps, GOLDEN_BG_SCORE)
     assert pred.dtype == np.uint8 and pred.shape == d["cam_pred"].shape
     assert (pred == d["cam_pred"]).mean() >= 0.999
 
@@ -61,11 +66,13 @@ def test_batch_flip_matches_separate_calls(path):
         calls.append(x.shape[0])
         return cam_fn(x)
 
-    _, batched = multiscale_cam(counting, d["image"], d["label"], resnet38_normalize, batch_flip=True)
-    assert calls == [2] * len(CAM_SCALES)
+    _, batched = multiscale_cam(counting, d["image"], d["label"], resnet38_normalize, GOLDEN_SCALES,
+                                batch_flip=True)
+    assert calls == [2] * len(GOLDEN_SCALES)
     calls.clear()
-    _, separate = multiscale_cam(counting, d["image"], d["label"], resnet38_normalize, batch_flip=False)
-    assert calls == [1] * (2 * len(CAM_SCALES))
+    _, separate = multiscale_cam(counting, d["image"], d["label"], resnet38_normalize, GOLDEN_SCALES,
+                                 batch_flip=False)
+    assert calls == [1] * (2 * len(GOLDEN_SCALES))
     np.testing.assert_allclose(batched, separate, rtol=0, atol=1e-6)
 
 
@@ -89,7 +96,7 @@ def test_crf_with_background_matches_golden(path):
     d = np.load(path)
     for alpha_key, tag in (("low_alpha", "la"), ("high_alpha", "ha")):
         # Golden CAM maps as input, so the CRF is checked independently of the CAM fusion.
-        crf = crf_with_background(d["image"], d["cam_maps"], float(d[alpha_key]))
+        crf = crf_with_background(d["image"], d["cam_maps"], float(d[alpha_key]), CRF_ITERATIONS)
         np.testing.assert_array_equal(np.concatenate([[0], d["cam_keys"] + 1]), d[f"crf_{tag}_keys"])
         assert crf.dtype == np.float32 and crf.shape == d[f"crf_{tag}_maps"].shape
         np.testing.assert_allclose(crf, d[f"crf_{tag}_maps"], rtol=0, atol=1e-5)
@@ -100,7 +107,7 @@ def test_dense_crf_accepts_read_only_image():
     image[:, 4:] = 200
     image.flags.writeable = False
     probs = np.stack([np.full((6, 8), 0.6), np.full((6, 8), 0.4)]).astype(np.float32)
-    q = dense_crf(image, probs)
+    q = dense_crf(image, probs, 10)
     assert q.shape == (2, 6, 8) and q.dtype == np.float32
     np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
     assert (q[0] > q[1]).all()
@@ -108,7 +115,7 @@ def test_dense_crf_accepts_read_only_image():
 
 def test_dense_crf_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
-        dense_crf(np.zeros((4, 5, 3), np.uint8), np.full((2, 5, 4), 0.5, np.float32))
+        dense_crf(np.zeros((4, 5, 3), np.uint8), np.full((2, 5, 4), 0.5, np.float32), 10)
 
 
 @pytest.mark.parametrize("path", golden_cases("conf_labels_*.npz"))
@@ -141,7 +148,7 @@ def test_confident_labels_pads_to_stride():
 
 
 def test_cam_prediction_without_classes_is_background():
-    pred = cam_prediction(np.zeros(0, np.int64), np.zeros((0, 4, 6), np.float32))
+    pred = cam_prediction(np.zeros(0, np.int64), np.zeros((0, 4, 6), np.float32), 0.2)
     assert pred.shape == (4, 6) and (pred == 0).all()
 
 
@@ -157,10 +164,10 @@ def test_threshold_sweep_hand_case():
     maps = np.array([[[0.9, 0.8, 0.62, 0.1, 0.3, 0.58, 0.99]]], np.float32)
     gt = np.array([[7, 7, 7, 0, 0, 0, 255]], np.uint8)
     result = best_threshold([(np.array([6]), maps, gt)], num_classes=21, thresholds=[0.2, 0.4, 0.6, 0.7])
-    expected = [(3 / 5 + 1 / 3) / 2, (3 / 4 + 2 / 3) / 2, 1.0, (2 / 3 + 3 / 4) / 2]
+    expected = [100 * (3 / 5 + 1 / 3) / 2, 100 * (3 / 4 + 2 / 3) / 2, 100.0, 100 * (2 / 3 + 3 / 4) / 2]  # percent
     np.testing.assert_allclose(result["miou"], expected)
     assert result["best_threshold"] == pytest.approx(0.6)
-    assert result["best_miou"] == pytest.approx(1.0)
+    assert result["best_miou"] == pytest.approx(100.0)
 
 
 def test_threshold_sweep_agrees_with_cam_prediction():
@@ -178,7 +185,7 @@ def test_threshold_sweep_agrees_with_cam_prediction():
     for t, conf in zip(thresholds, sweep.confusion):
         expected = np.zeros((21, 21), np.int64)
         for keys, maps, gt in samples:
-            pred = cam_prediction(keys, maps, shape_hw=gt.shape, bg_score=t)
+            pred = cam_prediction(keys, maps, t, shape_hw=gt.shape)
             ok = gt != 255
             np.add.at(expected, (gt[ok].astype(int), pred[ok].astype(int)), 1)
         np.testing.assert_array_equal(conf, expected)

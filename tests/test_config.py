@@ -18,7 +18,7 @@ PAPER_DEFAULTS = [
     ("train_cam", "epochs", 15, "train_cls.py"),
     ("train_cam", "lr", 0.1, "train_cls.py"),
     ("train_cam", "weight_decay", 5e-4, "train_cls.py"),
-    ("train_cam", "momentum", -1.0, "train_cls.py passes the weight decay as SGD's momentum"),
+    ("train_cam", "momentum", 5e-4, "train_cls.py passes the weight decay (5e-4) as SGD's momentum"),
     ("train_cam", "crop", 448, "train_cls.py"),
     ("train_cam", "resize_long", (256, 512), "train_cls.py"),
     ("train_cam", "color_jitter", (0.3, 0.3, 0.3, 0.1), "train_cls.py"),
@@ -32,7 +32,7 @@ PAPER_DEFAULTS = [
     ("train_aff", "epochs", 8, "train_aff.py"),
     ("train_aff", "lr", 0.1, "train_aff.py"),
     ("train_aff", "weight_decay", 5e-4, "train_aff.py"),
-    ("train_aff", "momentum", -1.0, "train_aff.py passes the weight decay as SGD's momentum"),
+    ("train_aff", "momentum", 5e-4, "train_aff.py passes the weight decay (5e-4) as SGD's momentum"),
     ("train_aff", "crop", 448, "train_aff.py"),
     ("train_aff", "resize_long", (448, 768), "train_aff.py"),
     ("train_aff", "color_jitter", (0.3, 0.3, 0.3, 0.1), "train_aff.py"),
@@ -97,12 +97,43 @@ def test_resnet50_gets_the_irn_recipe_unless_overridden():
     assert C.load_config(C.RunConfig, None, ["train_cam.backbone=vgg16"]).train_cam.epochs == 15
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("voc_*.yaml")), ids=lambda p: p.name)
 def test_example_configs_load(path):
-    """The example configs in configs/ are valid and pick the backbone their name says."""
+    """The VOC configs in configs/ are valid and pick the backbone their name says."""
     cfg = C.load_config(C.RunConfig, path)
     backbone = path.stem.split("_")[-1]
     assert cfg.train_cam.backbone == backbone
     assert cfg.dataset.root and cfg.train_cam.weights
     assert cfg.train_aff.weights == cfg.train_seg.weights == cfg.train_cam.weights
+
+
+def test_demo_recipe_is_a_file_run_accepts():
+    """configs/demo.yaml is the CPU recipe; `--config demo` finds the shipped copy anywhere."""
+    assert (CONFIGS / "demo.yaml").resolve() == (C.RECIPES / "demo.yaml").resolve()
+    by_path = C.load_config(C.RunConfig, CONFIGS / "demo.yaml")
+    by_name = C.load_config(C.RunConfig, "demo")
+    assert by_path == by_name
+    assert by_name.train_cam.backbone == "tiny" and by_name.train_cam.crop == 224
+    assert (by_name.dataset.train_split, by_name.dataset.eval_split) == ("train", "val")
+    assert by_name.random_walk == C.RandomWalkConfig()  # the paper's walk
+    # the backbone recipes apply under it, as under any config: what the file sets wins
+    r50 = C.load_config(C.RunConfig, "demo", ["train_cam.backbone=resnet50"])
+    assert (r50.train_cam.weight_decay, r50.train_cam.momentum) == (1e-4, 1e-4)  # IRN's
+    assert (r50.train_cam.epochs, r50.train_cam.crop) == (12, 224)  # the demo's
+    with pytest.raises(ConfigError, match="does not exist"):
+        C.load_config(C.RunConfig, "no_such_recipe")
+
+
+def test_ranges_are_declared_per_field():
+    """A range belongs to a field of one section; a subclass that changes a default keeps it."""
+    with pytest.raises(ConfigError, match=r"'train_seg\.epochs' = -1 is out of range"):
+        C.load_config(C.RunConfig, None, ["train_seg.epochs=-1"])
+    with pytest.raises(ConfigError, match=r"'make_cam\.scales' = \(1\.0, -0\.5\) is out of range"):
+        C.load_config(C.RunConfig, None, ["make_cam.scales=[1.0,-0.5]"])
+    with pytest.raises(ConfigError, match=r"'train_cam\.momentum' = 1\.5 is out of range"):
+        C.load_config(C.RunConfig, None, ["train_cam.momentum=1.5"])
+    # SynthConfig's ``train`` (image count) and a RunConfig section named ``train_*`` do not mix
+    assert C.load_config(C.SynthConfig, None, ["train=0"]).train == 0

@@ -1,4 +1,4 @@
-"""convert-weights stage, load_weights dispatch and check_keys."""
+"""convert-weights stage and load_weights dispatch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from affinitynet.errors import InputError
 from affinitynet.stages import convert_weights
 from affinitynet.stages.convert_weights import ConvertWeightsConfig, run
-from affinitynet.weights import check_keys, load_weights
+from affinitynet.weights import load_weights
 from conftest import fixture_file
 
 CASES = [(n, "mxnet_small_expected.npz") for n in (
@@ -119,12 +119,3 @@ def test_load_weights_dispatch_and_errors(tmp_path):
     with pytest.raises(InputError, match=r"vgg16_small_v1.caffemodel: conv1_1.bias"):
         load_weights(fixture_file("vgg16_small_v1.caffemodel"), target_shapes={"conv1_1.bias": (3,)})
 
-
-def test_check_keys_names_every_problem():
-    state = {"a": torch.zeros(2, 3), "b": torch.zeros(4), "x": torch.zeros(1)}
-    check_keys({"a": torch.zeros(2, 3)}, {"a": (2, 3)})
-    with pytest.raises(InputError) as info:
-        check_keys(state, {"a": (2, 3), "b": (5,), "c": (1,)})
-    msg = str(info.value)
-    assert "missing keys: c" in msg and "unexpected keys: x" in msg and "b [4] vs expected [5]" in msg
-    assert "\n" not in msg

@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 import torch
 
+from affinitynet.artifacts import TrainingFolder
+
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 
@@ -78,7 +80,7 @@ def _fit_worker(out: Path, frozen_bn: bool) -> dict:
     from torch.utils.data import TensorDataset
 
     from affinitynet import distributed, training
-    from affinitynet.config import RunConfig
+    from affinitynet.config import RunConfig, TrainingConfig
     from affinitynet.models import build_classifier
 
     d, device = distributed.setup("cpu")
@@ -99,9 +101,9 @@ def _fit_worker(out: Path, frozen_bn: bool) -> dict:
     def loss_fn(model, batch):
         return torch.nn.functional.multilabel_soft_margin_loss(model(batch[0]), batch[1]), {}
 
-    result = training.fit(net=net, train_set=train_set, val_set=val_set, loss_fn=loss_fn, out_dir=out,
-                          device=device, dist_info=d, batch_size=8, epochs=2, lr=0.05, weight_decay=5e-4,
-                          momentum=0.9, num_workers=0, amp=False, compile=False, seed=3, resume=False,
+    settings = TrainingConfig(batch_size=8, epochs=2, lr=0.05, weight_decay=5e-4, momentum=0.9, num_workers=0,
+                              amp=False, seed=3)
+    result = training.fit(net, loss_fn, train_set, val_set, settings, TrainingFolder(out), device, resume=False,
                           config=RunConfig(), desc="test")
     # every rank's own copy, to check that DDP kept the replicas identical
     torch.save(net.state_dict(), out / f"rank{d.rank}.pt")
@@ -169,8 +171,8 @@ def test_ddp_step_equals_single_process_step(tmp_path):
                 assert torch.equal(r0[k], r1[k]), k
 
     # frozen BN: 2 ranks x 4 images == 1 process x 8 images, after two steps with momentum
-    ddp = torch.load(tmp_path / "ddp" / "frozen" / "final.pth")
-    single = torch.load(tmp_path / "single" / "frozen" / "final.pth")
+    ddp = torch.load(TrainingFolder(tmp_path / "ddp" / "frozen").final)
+    single = torch.load(TrainingFolder(tmp_path / "single" / "frozen").final)
     for k, v in single.items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6, msg=k)
     # training really moved the weights, so the comparison means something
@@ -196,7 +198,7 @@ def test_ddp_step_equals_single_process_step(tmp_path):
     for a, b in zip(ep, ep1):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     # trained BN on CPU under DDP: plain BN per rank (SyncBatchNorm cannot train on CPU)
-    assert (tmp_path / "ddp" / "trained" / "final.pth").exists()
+    assert TrainingFolder(tmp_path / "ddp" / "trained").final.exists()
     assert [r["kind"] for r in log(tmp_path / "ddp" / "trained")] == ["step", "epoch"] * 2
 
 
@@ -238,13 +240,13 @@ def test_sharded_inference_matches_single_process(trained_workdir):
     dist = base / "ddp"
     for sub in ("classifier", "affinity", "segmentation"):
         (dist / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copy(base / "ref" / sub / "final.pth", dist / sub / "final.pth")
+        shutil.copy(TrainingFolder(base / "ref" / sub).final, TrainingFolder(dist / sub).final)
     config = base / "config_ddp.yaml"
     config.write_text((base / "config.yaml").read_text().replace(str(base / "ref"), str(dist)))
     torchrun(2, "infer", str(config), str(base))
 
     from affinitynet.data.voc import VOCDataset
-    from affinitynet.stages.common import infer_names
+    from affinitynet.common import infer_names
 
     voc = VOCDataset(cfg.dataset.root)
     names = infer_names(cfg, voc)

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from affinitynet import artifacts, evaluation
 from affinitynet.algorithms.metrics import confusion_matrix, scores_from_confusion
 from affinitynet.config import EvaluateConfig
 from affinitynet.data.images import save_label_png
@@ -80,15 +81,21 @@ def test_all_background_prediction(synth_root, tmp_path):
     # classes absent from the gt are 0/0 and left out of the mean.
     present = counts[1:] > 0
     expected = 100.0 * counts[0] / counts.sum() / (1 + present.sum())
-    res = evaluate.evaluate_folder(pred, ds, names)
+    res = evaluation.evaluate_folder(pred, ds, names)
     assert res["miou"] == pytest.approx(expected)
     assert res["pixel_accuracy"] == pytest.approx(100.0 * counts[0] / counts.sum())
     for cname, is_present in zip(ds.classes, present):
         assert (res["per_class"][cname] == 0.0) if is_present else math.isnan(res["per_class"][cname])
-    # the JSON writer turns NaN into null
+    # the JSON writer turns NaN into null: strict JSON
     path = tmp_path / "x.json"
-    evaluate.write_json(path, res)
-    json.loads(path.read_text())
+    artifacts.write_json(path, res)
+    data = json.loads(path.read_text(), parse_constant=_reject)
+    absent = [c for c, is_present in zip(ds.classes, present) if not is_present]
+    assert all(data["per_class"][c] is None for c in absent)
+
+
+def _reject(token: str):
+    raise ValueError(f"not JSON: {token}")
 
 
 def test_missing_prediction_and_bad_prediction(synth_root, tmp_path):
@@ -101,15 +108,15 @@ def test_missing_prediction_and_bad_prediction(synth_root, tmp_path):
         evaluate.run(EvaluateConfig(pred=str(pred), dataset=str(synth_root), split="val"))
     msg = str(err.value)
     assert names[2] in msg and "4 of 6" in msg
-    res = evaluate.evaluate_folder(pred, ds, names[:2])
+    res = evaluation.evaluate_folder(pred, ds, names[:2])
     assert res["miou"] == pytest.approx(100.0)
     gt = ds.load_gt(names[0])
     save_label_png(pred / f"{names[0]}.png", gt[:-1])
     with pytest.raises(InputError, match=names[0]):
-        evaluate.evaluate_folder(pred, ds, names[:1])
+        evaluation.evaluate_folder(pred, ds, names[:1])
     save_label_png(pred / f"{names[0]}.png", np.full_like(gt, 99))
     with pytest.raises(InputError, match=names[0]):
-        evaluate.evaluate_folder(pred, ds, names[:1])
+        evaluation.evaluate_folder(pred, ds, names[:1])
 
 
 def test_default_json_path(synth_root, tmp_path):

@@ -113,9 +113,9 @@ def test_networks_match_original(path):
     assert features.shape == (1, 448, h, w)
     assert rel_err(features, golden["aff_features"]) <= 1e-4
     with torch.no_grad():
-        pair_aff = aff.affinity(x)
+        pair_aff = aff.affinity(x, 5)
     assert rel_err(pair_aff, golden["aff"]) <= 1e-4
-    assert rel_err(dense_affinity(pair_aff[0], h, w), golden["aff_dense"]) <= 1e-4
+    assert rel_err(dense_affinity(pair_aff[0], h, w, 5), golden["aff_dense"]) <= 1e-4
 
 
 # -- checkpoint loading ----------------------------------------------------------------------
@@ -303,10 +303,10 @@ def test_random_walk_affinities_match_original(path):
         aff = image_affinity(net, g["image"], 5, torch.device("cpu"))
         # the stage's input is the golden input: normalised, zero-padded at bottom/right
         with torch.no_grad():
-            assert rel_err(net.affinity(torch.from_numpy(g["input"]))[0], g["aff"][0]) <= 1e-4
+            assert rel_err(net.affinity(torch.from_numpy(g["input"]), 5)[0], g["aff"][0]) <= 1e-4
     else:
         assert source == "image", source
-        aff = affinity_from_features(3 * F.avg_pool2d(torch.from_numpy(g["input"]), 8))[0]
+        aff = affinity_from_features(3 * F.avg_pool2d(torch.from_numpy(g["input"]), 8), 5)[0]
     assert rel_err(aff, g["aff"][0]) <= 1e-4
     h, w = -(-g["image"].shape[0] // 8), -(-g["image"].shape[1] // 8)
-    assert rel_err(dense_affinity(aff, h, w), g["aff_dense"]) <= 1e-4
+    assert rel_err(dense_affinity(aff, h, w, 5), g["aff_dense"]) <= 1e-4

@@ -65,7 +65,7 @@ def test_schedule_matches_original(path):
     lr, max_step, expected = schedule["lr"], schedule["max_step"], schedule["lr_after_step"]
     torch.manual_seed(0)
     net = TwoConvs()
-    opt = build_optimizer(net, lr=lr, weight_decay=5e-4, max_step=max_step)
+    opt = build_optimizer(net, lr=lr, weight_decay=5e-4, max_step=max_step, momentum=5e-4)
     got = _train_steps(net, opt, len(expected))
     assert torch.allclose(torch.tensor(got, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
                           rtol=1e-12, atol=0)
@@ -75,10 +75,15 @@ def test_schedule_matches_original(path):
 
 def test_groups_lr_weight_decay_and_momentum_quirk():
     net = TwoConvs()
-    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100)
+    from affinitynet.config import TrainAffConfig, TrainCamConfig
+
+    # PSA passes the weight decay as SGD's momentum: the config's default momentum is that value
+    for section in (TrainCamConfig(), TrainAffConfig()):
+        assert section.momentum == section.weight_decay == 5e-4
+    opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100, momentum=5e-4)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.02, 0.1, 0.2])
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0, 5e-4, 0.0]
-    assert all(g["momentum"] == 5e-4 for g in opt.param_groups)  # PSA passes wd as momentum
+    assert all(g["momentum"] == 5e-4 for g in opt.param_groups)
     assert all(g["momentum"] == 0.9 for g in build_optimizer(net, 0.01, 5e-4, 100, momentum=0.9).param_groups)
 
 
@@ -86,7 +91,7 @@ def test_first_update_is_plain_sgd_with_decay():
     torch.manual_seed(0)
     net = TwoConvs()
     before = [p.detach().clone() for p in (net.old.weight, net.old.bias, net.new.weight, net.new.bias)]
-    opt = build_optimizer(net, lr=0.1, weight_decay=0.01, max_step=10)
+    opt = build_optimizer(net, lr=0.1, weight_decay=0.01, max_step=10, momentum=0.01)
     net(torch.ones(1, 2, 1, 1)).sum().backward()
     grads = [p.grad.clone() for p in (net.old.weight, net.old.bias, net.new.weight, net.new.bias)]
     opt.step()
@@ -132,17 +137,17 @@ def test_lr_frozen_after_max_step_and_poly_values():
     assert poly_lr(1.0, 5, 10) == pytest.approx(0.5 ** 0.9)
     assert poly_lr(1.0, 9, 10) == poly_lr(1.0, 10, 10) == poly_lr(1.0, 99, 10) == pytest.approx(0.1 ** 0.9)
     net = TwoConvs()
-    opt = PolyOptimizer(net.parameters(), lr=0.5, weight_decay=0.0, max_step=3)
+    opt = PolyOptimizer(net.parameters(), lr=0.5, weight_decay=0.0, max_step=3, momentum=0.0)
     lrs = _train_steps(net, opt, 6)
     assert [row[0] for row in lrs] == pytest.approx([0.5, 0.5 * (2 / 3) ** 0.9, 0.5 * (1 / 3) ** 0.9] + [0.5 * (1 / 3) ** 0.9] * 3)
 
 
 def test_build_optimizer_on_real_networks_covers_trainable():
     for net in (build_classifier("tiny"), build_affinity_net("tiny")):
-        opt = build_optimizer(net, 0.01, 5e-4, 10)
+        opt = build_optimizer(net, 0.01, 5e-4, 10, momentum=5e-4)
         in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
         assert in_opt == {id(p) for p in net.parameters() if p.requires_grad}
     with torch.device("meta"):
         r38 = build_classifier("resnet38")
-    opt = build_optimizer(r38, 0.01, 5e-4, 10)  # empty bias groups are fine
+    opt = build_optimizer(r38, 0.01, 5e-4, 10, momentum=5e-4)  # empty bias groups are fine
     assert [len(g["params"]) for g in opt.param_groups] == [35, 0, 1, 0]

@@ -39,11 +39,11 @@ def test_pair_offsets_shape():
 @pytest.mark.parametrize("hw", [(4, 20), (20, 8), (0, 0)])
 def test_pairs_grid_too_small(hw):
     with pytest.raises(ValueError, match="too small"):
-        pair_indices(*hw)
+        pair_indices(*hw, 5)
 
 
 def test_pairs_smallest_grid():
-    ind_from, ind_to = pair_indices(5, 9)
+    ind_from, ind_to = pair_indices(5, 9, 5)
     np.testing.assert_array_equal(ind_from, [4])
     assert ind_to.shape == (34,) and ind_to.min() >= 0 and ind_to.max() < 45
 
@@ -61,22 +61,22 @@ def test_affinity_labels_golden(path):
 def test_affinity_labels_of_confident_labels(path):
     g = np.load(path)
     label = torch.from_numpy(g["label_stride8"])
-    for ours, key in zip(affinity_labels(label), ("bg_pos", "fg_pos", "neg")):
+    for ours, key in zip(affinity_labels(label, 5), ("bg_pos", "fg_pos", "neg")):
         np.testing.assert_array_equal(ours.numpy(), g[key], err_msg=key)
 
 
 def test_affinity_labels_sets_and_batch():
     rng = np.random.default_rng(1)
     label = rng.choice(np.array([0, 1, 2, 255], dtype=np.uint8), size=(3, 9, 13))
-    bg_pos, fg_pos, neg = affinity_labels(label)
+    bg_pos, fg_pos, neg = affinity_labels(label, 5)
     assert bg_pos.shape == (3, 34, 5 * 5)
     # the three sets are disjoint and cover exactly the pairs without an ignored cell
     total = bg_pos + fg_pos + neg
     assert total.max() == 1
-    single = affinity_labels(label[1])
+    single = affinity_labels(label[1], 5)
     for batched, one in zip((bg_pos, fg_pos, neg), single):
         torch.testing.assert_close(batched[1], one)
-    ind_from, ind_to = pair_indices(9, 13)
+    ind_from, ind_to = pair_indices(9, 13, 5)
     flat = label[1].reshape(-1)
     valid = (flat[np.tile(ind_from, 34)] != 255) & (flat[ind_to] != 255)
     np.testing.assert_array_equal(total[1].reshape(-1).numpy(), valid.astype(np.float32))
@@ -87,11 +87,11 @@ def test_affinity_from_network_features(path):
     g = np.load(path)
     # the original measures the distances on the features its forward returns (the ELU of f9),
     # with no further ELU
-    aff = affinity_from_features(torch.from_numpy(g["aff_features"]))
+    aff = affinity_from_features(torch.from_numpy(g["aff_features"]), 5)
     assert aff.shape == g["aff"].shape
     assert rel_err(aff, g["aff"]) <= 1e-4
     h, w = g["aff_features"].shape[-2:]
-    np.testing.assert_array_equal(dense_affinity(torch.from_numpy(g["aff"]), h, w).numpy(),
+    np.testing.assert_array_equal(dense_affinity(torch.from_numpy(g["aff"]), h, w, 5).numpy(),
                                   g["aff_dense"])
 
 
@@ -100,34 +100,34 @@ def test_affinity_from_image_features(path):
     g = np.load(path)
     if str(g["affinity_source"]) == "image":
         features = 3 * F.avg_pool2d(torch.from_numpy(g["input"]), 8)
-        assert rel_err(affinity_from_features(features), g["aff"]) <= 1e-4
+        assert rel_err(affinity_from_features(features, 5), g["aff"]) <= 1e-4
     h, w = np.ceil(np.array(g["image"].shape[:2]) / 8).astype(int)
-    np.testing.assert_array_equal(dense_affinity(torch.from_numpy(g["aff"]), h, w).numpy(),
+    np.testing.assert_array_equal(dense_affinity(torch.from_numpy(g["aff"]), h, w, 5).numpy(),
                                   g["aff_dense"])
 
 
 def test_affinity_from_features_direct():
     torch.manual_seed(0)
     features = torch.randn(2, 5, 7, 11)
-    aff = affinity_from_features(features)
-    ind_from, ind_to = pair_indices(7, 11)
+    aff = affinity_from_features(features, 5)
+    ind_from, ind_to = pair_indices(7, 11, 5)
     flat = features.flatten(2).double()
     ref = torch.exp(-(flat[:, :, ind_to] - flat[:, :, np.tile(ind_from, 34)]).abs().mean(1))
     torch.testing.assert_close(aff.double(), ref.reshape(2, 34, -1), rtol=1e-6, atol=1e-7)
     features.requires_grad_(True)
-    affinity_from_features(features).sum().backward()
+    affinity_from_features(features, 5).sum().backward()
     assert features.grad is not None and features.grad.abs().sum() > 0
 
 
 def test_dense_affinity_structure():
     aff = torch.rand(34, 3 * 4)
-    dense = dense_affinity(aff, 7, 12)
+    dense = dense_affinity(aff, 7, 12, 5)
     torch.testing.assert_close(dense, dense.T)
     torch.testing.assert_close(torch.diagonal(dense), torch.ones(84))
     # 34 pairs per from-cell, each stored twice, plus the diagonal
     assert int((dense > 0).sum()) == 2 * 34 * 12 + 84
     with pytest.raises(ValueError, match="does not match"):
-        dense_affinity(aff, 7, 13)
+        dense_affinity(aff, 7, 13, 5)
 
 
 def test_affinity_loss_hand_computed():

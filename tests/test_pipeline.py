@@ -9,35 +9,36 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from affinitynet import artifacts
+from affinitynet.artifacts import WorkDir
 from affinitynet.cli import main
 from affinitynet.data.images import load_label_png
 from affinitynet.data.voc import VOCDataset
 
+# the CPU recipe (configs/demo.yaml), reduced: fewer images and epochs, smaller crops
 REDUCED = {
-    "dataset": {"train_split": "train", "eval_split": "val", "val_split": "val", "infer_splits": ["train"]},
-    "train_cam": {"backbone": "tiny", "batch_size": 12, "epochs": 15, "crop": 192,
-                  "resize_long": [180, 260], "num_workers": 0},
-    "make_cam": {"scales": [1.0, 0.5], "num_workers": 0},
-    "train_aff": {"batch_size": 8, "epochs": 16, "crop": 192, "resize_long": [180, 260], "num_workers": 0},
-    "train_seg": {"batch_size": 12, "epochs": 10, "crop": 192, "resize_long": [180, 260], "num_workers": 0},
-    "segment": {"num_workers": 0},
+    "train_cam": {"batch_size": 12, "epochs": 15, "crop": 192, "resize_long": [180, 260]},
+    "make_cam": {"scales": [1.0, 0.5]},
+    "train_aff": {"batch_size": 8, "epochs": 16, "crop": 192, "resize_long": [180, 260]},
+    "train_seg": {"batch_size": 12, "epochs": 10, "crop": 192, "resize_long": [180, 260]},
 }
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
+    """``affinitynet run --config configs/demo.yaml --dataset DIR`` on a VOC-layout folder."""
     root = tmp_path_factory.mktemp("pipeline")
     data, work = root / "data", root / "work"
     assert main(["synth", str(data), "--train", "60", "--val", "20", "--seed", "1"]) == 0
-    cfg_file = root / "config.yaml"
-    cfg_file.write_text(yaml.safe_dump(REDUCED))
-    argv = ["run", "--config", str(cfg_file), "--workdir", str(work), "--dataset", str(data)]
+    sets = [f"--set={section}.{key}={json.dumps(value)}" for section, values in REDUCED.items()
+            for key, value in values.items()]
+    argv = ["run", "--config", str(DEMO_RECIPE), "--workdir", str(work), "--dataset", str(data), *sets]
     assert main(argv) == 0
     metrics = json.loads((work / "metrics.json").read_text())
     return {"data": data, "work": work, "metrics": metrics, "argv": argv}
@@ -63,6 +64,8 @@ def test_metrics_have_every_stage(pipeline_run):
         assert 0 <= m[key]["miou"] <= 100
         assert set(m[key]["per_class"]) == {"background", "stripes", "dots", "checker", "rings", "waves"}
     assert 0 < m["cam"]["best_threshold"] < 1
+    # the sweep includes the default background score 0.2: its best is at least the CAM's mIoU
+    assert m["cam"]["miou"] - 1e-9 <= m["cam"]["best_miou"] <= 100 and max(m["cam"]["sweep"]["miou"]) <= 100
     assert set(m["seconds"]) == {"train_cam", "make_cam", "aff_labels", "train_aff", "random_walk",
                                  "train_seg", "segment"}
     assert m["eval_split"] == "val" and m["seg"]["split"] == "val"
@@ -93,7 +96,7 @@ def test_segmentation_net_learns_from_pseudo_labels(pipeline_run):
     training loss fell."""
     m, voc = pipeline_run["metrics"], VOCDataset(pipeline_run["data"])
     assert m["seg"]["miou"] > 2 * all_background_miou(voc, voc.split("val")), m["seg"]["miou"]
-    log = artifacts.read_jsonl(pipeline_run["work"] / "segmentation" / "log.jsonl")
+    log = artifacts.read_jsonl(WorkDir(pipeline_run["work"]).segmentation.log)
     epochs = [r for r in log if r["kind"] == "epoch"]
     assert len(epochs) == 10 and epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]
     # the loss on the val ground truth is reported every epoch and fell too
@@ -116,14 +119,33 @@ def test_outputs_and_formats(pipeline_run):
             label = load_label_png(work / folder / f"{n}.png")
             assert label.shape == image.shape[:2]
             assert set(np.unique(label).tolist()) <= {0, 255, *(keys + 1).tolist()}
-    log = artifacts.read_jsonl(work / "classifier" / "log.jsonl")
+    log = artifacts.read_jsonl(WorkDir(work).classifier.log)
     epochs = [r for r in log if r["kind"] == "epoch"]
     assert len(epochs) == 15 and all("val_loss" in r for r in epochs)
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    assert (work / "config.yaml").exists() and (work / "affinity" / "final.pth").exists()
+    assert (work / "config.yaml").exists() and WorkDir(work).affinity.final.exists()
     pictures = sorted((work / "vis").glob("*.png"))
     assert len(pictures) == 6 and all(p.stat().st_size > 1000 for p in pictures)
     assert not list(work.rglob(artifacts.TMP_PREFIX + "*"))
+
+
+def test_every_json_the_pipeline_writes_is_strict(pipeline_run):
+    """metrics.json, the logs and any other JSON in the work folder parse with a parser that
+    refuses NaN / Infinity (undefined scores are null)."""
+    work = pipeline_run["work"]
+    files = sorted(work.rglob("*.json"))
+    assert work / "metrics.json" in files
+    for path in files:
+        json.loads(path.read_text(), parse_constant=_not_json)
+    logs = sorted(work.rglob("*.jsonl"))
+    assert len(logs) == 3
+    for path in logs:
+        for line in path.read_text().splitlines():
+            json.loads(line, parse_constant=_not_json)
+
+
+def _not_json(token: str):
+    raise ValueError(f"{token} is not JSON")
 
 
 def test_evaluate_command_agrees(pipeline_run, tmp_path, capsys):

@@ -12,12 +12,14 @@ from affinitynet.algorithms.pairs import from_region, pair_offsets
 from affinitynet.algorithms.random_walk import (background_score, propagate_cams, random_walk,
                                                 random_walk_dense, transition_csr)
 
+# the paper's walk (Sec. 3.4) on VOC's 20 classes
+PAPER = {"alpha": 16, "beta": 8, "logt": 8, "radius": 5, "num_classes": 20}
 
 
 def random_affinity(h: int, w: int, seed: int, dtype=torch.float64) -> torch.Tensor:
     """Affinities with structure (two regions, low across the border) plus noise, in (0, 1]."""
     g = torch.Generator().manual_seed(seed)
-    rows, cols = from_region(h, w)
+    rows, cols = from_region(h, w, 5)
     aff = 0.6 + 0.4 * torch.rand(34, rows, cols, generator=g, dtype=dtype)
     aff[:, :, cols // 2:] *= torch.rand(34, rows, cols - cols // 2, generator=g, dtype=dtype)
     return aff.reshape(34, -1)
@@ -29,7 +31,8 @@ def test_propagate_cams_golden(path, method):
     g = np.load(path)
     label, scores = propagate_cams(g["cam_keys"], g["cam_maps"], torch.from_numpy(g["aff"]),
                                    g["label"].shape, alpha=float(g["alpha"]),
-                                   beta=float(g["beta"]), logt=int(g["logt"]), method=method)
+                                   beta=float(g["beta"]), logt=int(g["logt"]), radius=5, num_classes=20,
+                                   method=method)
     assert scores.shape == g["rw_stride8"].shape[1:] and scores.dtype == torch.float32
     assert rel_err(scores, g["rw_stride8"][0]) <= (1e-4 if method == "dense" else 1e-3)
     assert label.dtype == np.uint8 and label.shape == g["label"].shape
@@ -59,7 +62,7 @@ def test_random_walk_functions_golden(path):
     dense = random_walk_dense(cams.reshape(c, -1), torch.from_numpy(g["aff_dense"]),
                               float(g["beta"]), int(g["logt"]))
     assert rel_err(dense.reshape(c, h, w), ref) <= 1e-4
-    sparse = random_walk(cams, torch.from_numpy(g["aff"]), h, w, float(g["beta"]), int(g["logt"]))
+    sparse = random_walk(cams, torch.from_numpy(g["aff"]), h, w, float(g["beta"]), int(g["logt"]), 5)
     assert sparse.shape == (c, h, w)
     assert rel_err(sparse, ref) <= 1e-3
 
@@ -70,14 +73,14 @@ def test_sparse_matches_dense_random(hw, k, seed):
     aff = random_affinity(h, w, seed)
     g = torch.Generator().manual_seed(100 + seed)
     cams = torch.rand(k, h, w, generator=g, dtype=torch.float64) ** 4
-    dense = random_walk_dense(cams.reshape(k, -1), dense_affinity(aff, h, w), 8, 8)
-    sparse = random_walk(cams, aff, h, w, beta=8, logt=8)
+    dense = random_walk_dense(cams.reshape(k, -1), dense_affinity(aff, h, w, 5), 8, 8)
+    sparse = random_walk(cams, aff, h, w, beta=8, logt=8, radius=5)
     assert sparse.dtype == torch.float64
     assert rel_err(sparse.reshape(k, -1), dense) <= 1e-4
     agree = (sparse.reshape(k, -1).argmax(0) == dense.argmax(0)).double().mean()
     assert agree >= 0.999
     # float32 (the default precision) stays within the iterative tolerance
-    sparse32 = random_walk(cams.float(), aff.float(), h, w, beta=8, logt=8)
+    sparse32 = random_walk(cams.float(), aff.float(), h, w, beta=8, logt=8, radius=5)
     assert sparse32.dtype == torch.float32
     assert rel_err(sparse32.reshape(k, -1), dense) <= 1e-3
 
@@ -96,8 +99,8 @@ def test_sparse_other_beta_logt_radius():
 def test_transition_is_column_normalised():
     h, w = 8, 12
     aff = random_affinity(h, w, 3)
-    trans_t = transition_csr(aff, h, w, beta=8).to_dense()
-    a = dense_affinity(aff, h, w) ** 8
+    trans_t = transition_csr(aff, h, w, beta=8, radius=5).to_dense()
+    a = dense_affinity(aff, h, w, 5) ** 8
     # row j of T^T is column j of T = A[:, j] / sum_k A[k, j]
     torch.testing.assert_close(trans_t, (a / a.sum(0, keepdim=True)).T)
 
@@ -115,12 +118,12 @@ def test_propagate_cams_synthetic_object():
     inside = torch.zeros(h, w, dtype=torch.bool)
     inside[2:8, 2:7] = True
     features = inside.double()[None, None] * 3
-    aff = affinity_from_features(features)[0]
+    aff = affinity_from_features(features, 5)[0]
     cam = np.zeros((1, height, width), np.float32)
     cam[0, 16:64, 16:72] = 0.4  # weak response over the object and one cell past its right edge
     cam[0, 24:48, 24:40] = 1.0  # the discriminative part
     for method in ("sparse", "dense"):
-        label, scores = propagate_cams([6], cam, aff.float(), (height, width), method=method)
+        label, scores = propagate_cams([6], cam, aff.float(), (height, width), **PAPER, method=method)
         assert set(np.unique(label)) <= {0, 7}
         obj = np.kron(inside.numpy(), np.ones((8, 8), bool))
         assert np.all(label[16:64, 56:64] == 0)  # the leak is background again
@@ -130,7 +133,7 @@ def test_propagate_cams_synthetic_object():
 
 def test_propagate_cams_bad_method():
     with pytest.raises(ValueError, match="method"):
-        propagate_cams([0], np.zeros((1, 40, 72), np.float32), torch.ones(34, 2), (40, 72),
+        propagate_cams([0], np.zeros((1, 40, 72), np.float32), torch.ones(34, 2), (40, 72), **PAPER,
                        method="magic")
 
 
@@ -139,8 +142,8 @@ def test_sparse_on_gpu_matches_cpu():
     h, w = 30, 40
     aff = random_affinity(h, w, 7, torch.float32)
     cams = torch.rand(4, h, w)
-    cpu = random_walk(cams, aff, h, w)
-    gpu = random_walk(cams.cuda(), aff.cuda(), h, w)
+    cpu = random_walk(cams, aff, h, w, 8, 8, 5)
+    gpu = random_walk(cams.cuda(), aff.cuda(), h, w, 8, 8, 5)
     assert gpu.is_cuda
     assert rel_err(gpu.cpu(), cpu.numpy()) <= 1e-3
 
@@ -150,16 +153,17 @@ def test_propagate_cams_key_order_and_numpy_inputs():
     aff = random_affinity(h, w, 11, torch.float32)
     g = torch.Generator().manual_seed(12)
     maps = torch.rand(3, 80, 96, generator=g)
-    label, scores = propagate_cams(np.array([2, 9, 14]), maps, aff, (80, 96))
+    label, scores = propagate_cams(np.array([2, 9, 14]), maps, aff, (80, 96), **PAPER)
     label_rev, scores_rev = propagate_cams([14, 9, 2], maps.flip(0).numpy(), aff.numpy(),
-                                           (80, 96))
+                                           (80, 96), **PAPER)
     np.testing.assert_array_equal(label, label_rev)
     torch.testing.assert_close(scores, scores_rev)
     assert set(np.unique(label)) <= {0, 3, 10, 15}
 
 
-def test_random_walk_restores_thread_setting():
+def test_random_walk_leaves_the_thread_setting_alone():
+    """An algorithm does not change process-wide state (the stage chooses the threads)."""
     before = torch.get_num_threads()
     aff = random_affinity(9, 10, 13, torch.float32)
-    random_walk(torch.rand(2, 9, 10), aff, 9, 10, logt=2)
+    random_walk(torch.rand(2, 9, 10), aff, 9, 10, beta=8, logt=2, radius=5)
     assert torch.get_num_threads() == before

@@ -85,12 +85,12 @@ def reference(tmp_path_factory, one_thread):
     from affinitynet.models import build_affinity_net
 
     torch.manual_seed(0)
-    artifacts.save_checkpoint(wd.affinity / "final.pth", build_affinity_net("tiny").state_dict())
+    artifacts.save_checkpoint(wd.affinity.final, build_affinity_net("tiny").state_dict())
     assert main(["random-walk", "--config", str(cfg_file)]) == 0
     from affinitynet.models import build_segmentation_net
 
     torch.manual_seed(0)  # likewise an untrained segmentation network for segment
-    artifacts.save_checkpoint(wd.segmentation / "final.pth", build_segmentation_net("tiny", 5).state_dict())
+    artifacts.save_checkpoint(wd.segmentation.final, build_segmentation_net("tiny", 5).state_dict())
     assert main(["segment", "--config", str(cfg_file)]) == 0
     driver = root / "driver.py"
     driver.write_text(DRIVER)
@@ -201,10 +201,9 @@ def test_killed_training_resumes_to_identical_weights(reference, tmp_path):
     log as the uninterrupted run of the reference fixture."""
     work = tmp_path / "work"
     cfg_file = _config_for(reference, work)
-    ckpt = work / "classifier" / "checkpoint.pt"
-    final = work / "classifier" / "final.pth"
+    folder = WorkDir(work).classifier
+    ckpt, final, log_path = folder.checkpoint, folder.final, folder.log
     proc = _start(reference, 0.3, ["train-cam", "--config", str(cfg_file)])
-    log_path = work / "classifier" / "log.jsonl"
 
     def in_epoch_2() -> bool:  # a step of epoch 2 is logged: a resume must repeat it
         return ckpt.exists() and any(r.get("step", 0) > 4 for r in artifacts.read_jsonl(log_path))
@@ -219,17 +218,17 @@ def test_killed_training_resumes_to_identical_weights(reference, tmp_path):
 
     assert main(["train-cam", "--config", str(cfg_file), "--resume"]) == 0
     ref_dir = reference["wd"].classifier
-    want, got = artifacts.load_checkpoint(ref_dir / "final.pth"), artifacts.load_checkpoint(final)
+    want, got = artifacts.load_checkpoint(ref_dir.final), artifacts.load_checkpoint(final)
     assert sorted(got) == sorted(want)
     differ = [k for k in want if not torch.equal(got[k], want[k])]
     assert not differ, f"weights differ from the uninterrupted run: {differ}"
-    want_ck, got_ck = artifacts.load_checkpoint(ref_dir / "checkpoint.pt"), artifacts.load_checkpoint(ckpt)
+    want_ck, got_ck = artifacts.load_checkpoint(ref_dir.checkpoint), artifacts.load_checkpoint(ckpt)
     assert (got_ck["epoch"], got_ck["step"]) == (want_ck["epoch"], want_ck["step"]) == (2, 8)
     for k, v in want_ck["optimizer"]["state"].items():
         assert torch.equal(got_ck["optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
     # every step logged once, with the uninterrupted run's losses
-    log = [r for r in artifacts.read_jsonl(work / "classifier" / "log.jsonl") if r["kind"] == "step"]
-    ref_log = [r for r in artifacts.read_jsonl(ref_dir / "log.jsonl") if r["kind"] == "step"]
+    log = [r for r in artifacts.read_jsonl(log_path) if r["kind"] == "step"]
+    ref_log = [r for r in artifacts.read_jsonl(ref_dir.log) if r["kind"] == "step"]
     assert [r["step"] for r in log] == list(range(1, 9))
     assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
     assert _stray_tmp(work) == []
@@ -240,7 +239,7 @@ def test_resume_without_checkpoint_starts_from_scratch(reference, tmp_path, caps
     cfg_file = _config_for(reference, work)
     assert main(["train-cam", "--config", str(cfg_file), "--set", "train_cam.epochs=1", "--resume"]) == 0
     assert "no checkpoint" in capsys.readouterr().out
-    assert artifacts.load_checkpoint(work / "classifier" / "checkpoint.pt")["epoch"] == 1
+    assert artifacts.load_checkpoint(WorkDir(work).classifier.checkpoint)["epoch"] == 1
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

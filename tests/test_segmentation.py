@@ -42,11 +42,11 @@ def test_flip_pass_is_flipped_back():
     ignores the image gives the mean of its map and its mirror image."""
     image = _image()
     norm = lambda im: normalize(im, "imagenet")  # noqa: E731
-    plain = multiscale_probabilities(_left_right_scores, image, norm, flip=False)
-    both = multiscale_probabilities(_left_right_scores, image, norm, flip=True)
+    plain = multiscale_probabilities(_left_right_scores, image, norm, scales=(1.0,), flip=False)
+    both = multiscale_probabilities(_left_right_scores, image, norm, scales=(1.0,), flip=True)
     assert torch.allclose(both, (plain + plain.flip(-1)) / 2, atol=1e-6)
     with pytest.raises(ValueError):
-        multiscale_probabilities(_left_right_scores, image, norm, scales=())
+        multiscale_probabilities(_left_right_scores, image, norm, scales=(), flip=True)
 
 
 def test_segmentation_loss_ignores_255_and_upsamples():
@@ -97,7 +97,7 @@ def test_segment_stage_with_and_without_crf(tmp_path, capsys):
     for crf in (False, True):
         work = tmp_path / f"work_crf{crf}"
         torch.manual_seed(0)
-        artifacts.save_checkpoint(work / "segmentation" / "final.pth",
+        artifacts.save_checkpoint(artifacts.WorkDir(work).segmentation.final,
                                   build_segmentation_net("tiny", voc.num_classes).state_dict())
         argv = ["segment", "--workdir", str(work), "--dataset", str(tmp_path / "data"), "--device", "cpu",
                 "--set", "train_cam.backbone=tiny", "--set", "segment.num_workers=0",

@@ -16,9 +16,10 @@ import torch
 from _helpers import single_torch_thread, tiny_sets, write_config
 
 from affinitynet import artifacts, training
+from affinitynet.artifacts import TrainingFolder, WorkDir
+from affinitynet.config import TrainingConfig
 from affinitynet.cli import main
 from affinitynet.data.synthetic import generate
-from affinitynet.distributed import Dist
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def test_loader_workers_do_not_change_training(data, tmp_path, workers):
                      + [f"train_cam.num_workers={n}", "train_cam.color_jitter=[0.3,0.3,0.3,0.1]"])
         with single_torch_thread():
             assert main(["train-cam", "--config", str(cfg_file)]) == 0
-        finals.append(artifacts.load_checkpoint(work / "classifier" / "final.pth"))
-        losses.append([r["loss"] for r in artifacts.read_jsonl(work / "classifier" / "log.jsonl")
+        finals.append(artifacts.load_checkpoint(WorkDir(work).classifier.final))
+        losses.append([r["loss"] for r in artifacts.read_jsonl(WorkDir(work).classifier.log)
                        if r["kind"] == "step"])
     assert len(losses[0]) == 8 and losses[0] == losses[1]
     differ = [k for k in finals[0] if not torch.equal(finals[0][k], finals[1][k])]
@@ -84,6 +85,10 @@ class _Images(torch.utils.data.Dataset):
         return self.images[item[0]], self.labels[item[0]]
 
 
+# two epochs of batch 4 with a real momentum, no workers, no AMP
+SETTINGS = TrainingConfig(batch_size=4, epochs=2, lr=0.05, weight_decay=5e-4, momentum=0.9, num_workers=0,
+                          amp=False, seed=3)
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="no CUDA device"))]
 
@@ -100,17 +105,15 @@ def test_channels_last_trains_the_same_network(tmp_path, device):
         net = build_classifier("tiny", 3)
 
         def loss_fn(model, batch, channels_last=channels_last):
-            x = training.image_to(batch[0], device, channels_last)
+            x = batch[0]
+            assert x.device.type == device.type and batch[1].device.type == device.type
             assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
-            return torch.nn.functional.multilabel_soft_margin_loss(model(x), batch[1].to(device)), {}
+            return torch.nn.functional.multilabel_soft_margin_loss(model(x), batch[1]), {}
 
         with single_torch_thread():
-            training.fit(net=net, train_set=_Images(8), val_set=None, loss_fn=loss_fn,
-                         out_dir=tmp_path / str(channels_last), device=device,
-                         dist_info=Dist(), batch_size=4, epochs=2, lr=0.05, weight_decay=5e-4,
-                         momentum=0.9, num_workers=0, amp=False, compile=False, seed=3, resume=False,
-                         config=RunConfig(), desc="test", channels_last=channels_last)
-        final = artifacts.load_checkpoint(tmp_path / str(channels_last) / "final.pth")
+            training.fit(net, loss_fn, _Images(8), None, SETTINGS, TrainingFolder(tmp_path / str(channels_last)),
+                         device, resume=False, config=RunConfig(), desc="test", channels_last=channels_last)
+        final = artifacts.load_checkpoint(TrainingFolder(tmp_path / str(channels_last)).final)
         assert all(v.is_contiguous() for v in final.values())  # final.pth is plain NCHW
         finals.append(final)
     initial = build_classifier("tiny", 3).state_dict()

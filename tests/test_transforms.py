@@ -43,7 +43,7 @@ def _image(h: int = 60, w: int = 90) -> np.ndarray:
 
 
 def test_classification_transform_shape_and_determinism():
-    t = ClassificationTransform(crop=64, resize_long=(40, 120))
+    t = ClassificationTransform(crop=64, resize_long=(40, 120), color_jitter=(0.3, 0.3, 0.3, 0.1))
     img = _image()
     a = t(img, generator=torch.Generator().manual_seed(3))
     b = t(img, generator=torch.Generator().manual_seed(3))
@@ -114,7 +114,7 @@ def test_downsample_label_centre_sampling_and_partial_cells():
 
 def test_affinity_transform_rejects_bad_crop_and_shapes():
     with pytest.raises(ValueError):
-        AffinityTransform(crop=100)
+        AffinityTransform(crop=100, resize_long=(448, 768), color_jitter=(0, 0, 0, 0))
     img, label = _two_region_case()
     with pytest.raises(ValueError):
-        AffinityTransform(crop=64)(img, label[:-1])
+        AffinityTransform(crop=64, resize_long=(448, 768), color_jitter=(0, 0, 0, 0))(img, label[:-1])

@@ -15,7 +15,7 @@ from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import AffinityTransform, ClassificationTransform
 from affinitynet.data.voc import (
     VOC_CLASSES,
-    AffinityDataset,
+    LabelMapDataset,
     ClassificationDataset,
     VOCDataset,
 )
@@ -147,7 +147,7 @@ def test_classification_dataset_skips_unlabelled(tmp_path):
     make_tree(tmp_path, {"a": ["cat"], "b": [], "c": ["dog", "cat"]})
     ds = VOCDataset(tmp_path)
     with pytest.warns(UserWarning, match="b"):
-        cls = ClassificationDataset(ds, ds.split("train"), ClassificationTransform(crop=16))
+        cls = ClassificationDataset(ds, ds.split("train"), ClassificationTransform(crop=16, resize_long=(256, 512), color_jitter=(0.3, 0.3, 0.3, 0.1)))
     assert cls.names == ["a", "c"] and cls.skipped == ["b"] and len(cls) == 2
     x, y, name = cls[1]
     assert x.shape == (3, 16, 16) and name == "c"
@@ -163,14 +163,14 @@ def test_affinity_dataset(tmp_path):
     lab[12:, :16] = 1
     save_label_png(labels / "a.png", lab)
     with pytest.raises(InputError, match="b.png"):
-        AffinityDataset(ds, ["a", "b"], labels)
-    aff = AffinityDataset(ds, ["a"], labels, AffinityTransform(crop=32, resize_long=(32, 32)))
+        LabelMapDataset(ds, ["a", "b"], labels)
+    aff = LabelMapDataset(ds, ["a"], labels, AffinityTransform(crop=32, resize_long=(32, 32), color_jitter=(0.3, 0.3, 0.3, 0.1)))
     x, y, name = aff[0]
     assert x.shape == (3, 32, 32) and y.shape == (4, 4) and y.dtype == torch.uint8 and name == "a"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        x, y, _ = AffinityDataset(ds, ["a"], labels)[0]
+        x, y, _ = LabelMapDataset(ds, ["a"], labels)[0]
     assert torch.equal(y, torch.from_numpy(lab))
     save_label_png(labels / "b.png", lab[:-1])
     with pytest.raises(InputError, match="b.png"):
-        AffinityDataset(ds, ["b"], labels)[0]
+        LabelMapDataset(ds, ["b"], labels)[0]

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from affinitynet.algorithms.pairs import from_region, pair_indices, pair_offsets
+from affinitynet.conventions import IGNORE_INDEX
 
-IGNORE = 255  # label value that takes part in no pair
 
 
 def _pair_views(grid: torch.Tensor, radius: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -25,7 +25,7 @@ def _pair_views(grid: torch.Tensor, radius: int) -> tuple[torch.Tensor, list[tor
     return src, dst
 
 
-def affinity_labels(label: np.ndarray | torch.Tensor, radius: int = 5
+def affinity_labels(label: np.ndarray | torch.Tensor, radius: int
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Affinity labels of every pair from a stride-8 label map (paper Eq. 2-3).
 
@@ -39,7 +39,7 @@ def affinity_labels(label: np.ndarray | torch.Tensor, radius: int = 5
     src, dst = _pair_views(label, radius)
     src = src.flatten(-2).unsqueeze(-2)                      # (..., 1, n_from)
     dst = torch.stack([d.flatten(-2) for d in dst], dim=-2)  # (..., n_offsets, n_from)
-    valid = (src != IGNORE) & (dst != IGNORE)
+    valid = (src != IGNORE_INDEX) & (dst != IGNORE_INDEX)
     same = src == dst
     bg_pos = same & (src == 0)
     fg_pos = same & (src != 0) & valid
@@ -47,7 +47,7 @@ def affinity_labels(label: np.ndarray | torch.Tensor, radius: int = 5
     return bg_pos.float(), fg_pos.float(), neg.float()
 
 
-def affinity_from_features(features: torch.Tensor, radius: int = 5) -> torch.Tensor:
+def affinity_from_features(features: torch.Tensor, radius: int) -> torch.Tensor:
     """Affinity of every pair from affinity features (paper Eq. 1).
 
     ``features`` (B, C, h, w) -> (B, n_offsets, n_from) in (0, 1]:
@@ -58,7 +58,7 @@ def affinity_from_features(features: torch.Tensor, radius: int = 5) -> torch.Ten
     return torch.stack(aff, dim=1)
 
 
-def dense_affinity(aff: torch.Tensor, height: int, width: int, radius: int = 5) -> torch.Tensor:
+def dense_affinity(aff: torch.Tensor, height: int, width: int, radius: int) -> torch.Tensor:
     """The symmetric (hw, hw) affinity matrix of a grid (for the dense random walk).
 
     ``aff`` (n_offsets, n_from) (a leading batch of 1 is accepted) is placed at (from, to) and

@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-# Inference scales of PSA's infer_cls.py, in its order (the order fixes the float summation order).
-CAM_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-
-# Background score of PSA's CAM prediction ("cam_pred"): a pixel is background unless some
-# normalised class map exceeds it.
-CAM_BG_SCORE = 0.2
+from affinitynet.algorithms.metrics import mean_iou
 
 # Background thresholds swept by default when choosing the CAM background score.
 SWEEP_THRESHOLDS: np.ndarray = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -62,7 +57,7 @@ def multiscale_cam(
     image: np.ndarray,
     label: np.ndarray,
     normalize: Callable[[np.ndarray], np.ndarray | torch.Tensor],
-    scales: Sequence[float] = CAM_SCALES,
+    scales: Sequence[float],
     flip: bool = True,
     batch_flip: bool = True,
     device: str | torch.device = "cpu",
@@ -76,7 +71,8 @@ def multiscale_cam(
         label: (C,) image label, 1 for present classes, 0 otherwise.
         normalize: uint8 (h, w, 3) -> float32 (3, h, w) array or tensor (the network's input
             normalisation).
-        scales: image scales, summed in this order.
+        scales: image scales, summed in this order (the float sum depends on it; PSA's are 1.0,
+            0.5, 1.5, 2.0).
         flip: also run the horizontally flipped image at every scale (flipped back before summing).
         batch_flip: run an image and its flip as one batch of 2 (same result, fewer calls).
         device: device of the network behind ``cam_fn``.
@@ -117,10 +113,11 @@ def multiscale_cam(
 def cam_prediction(
     keys: np.ndarray,
     maps: np.ndarray,
+    bg_score: float,
     shape_hw: tuple[int, int] | None = None,
-    bg_score: float = CAM_BG_SCORE,
 ) -> np.ndarray:
-    """Label map from normalised CAMs with a constant background score.
+    """Label map from normalised CAMs with a constant background score (PSA: 0.2): a pixel is
+    background unless some normalised class map exceeds it.
 
     Argmax over [bg_score] + maps (ties go to background, then to the lower class);
     0 = background, class index + 1 for objects. ``shape_hw`` is needed only when there are
@@ -137,14 +134,6 @@ def cam_prediction(
     return lookup[position].astype(np.uint8)
 
 
-def _miou_from_confusion(conf: np.ndarray) -> float:
-    """Mean IoU over the classes that occur in prediction or ground truth. conf: (K, K) gt x pred."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    valid = union > 0
-    return float((tp[valid] / union[valid]).mean()) if valid.any() else float("nan")
-
-
 class ThresholdSweep:
     """Confusion matrices of CAM predictions for many background thresholds, in one pass.
 
@@ -152,7 +141,7 @@ class ThresholdSweep:
     ``add`` one image at a time, then read ``result()``.
     """
 
-    def __init__(self, num_classes: int = 21, thresholds: Iterable[float] = SWEEP_THRESHOLDS):
+    def __init__(self, num_classes: int, thresholds: Iterable[float] = SWEEP_THRESHOLDS):
         self.num_classes = num_classes
         self.thresholds = np.asarray(list(thresholds), dtype=np.float64)
         self.confusion = np.zeros((len(self.thresholds), num_classes, num_classes), np.int64)
@@ -176,8 +165,8 @@ class ThresholdSweep:
         self.confusion += np.bincount(index.reshape(-1), minlength=nc * k * k).reshape(nc, k, k)
 
     def result(self) -> dict:
-        """{"thresholds": (T,), "miou": (T,), "best_threshold": float, "best_miou": float}."""
-        miou = np.array([_miou_from_confusion(c) for c in self.confusion])
+        """{"thresholds": (T,), "miou": (T,) percent, "best_threshold": float, "best_miou": percent}."""
+        miou = np.array([mean_iou(c) for c in self.confusion])
         best = int(np.nanargmax(miou)) if np.isfinite(miou).any() else 0
         return {
             "thresholds": self.thresholds.copy(),
@@ -189,7 +178,7 @@ class ThresholdSweep:
 
 def best_threshold(
     samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    num_classes: int = 21,
+    num_classes: int,
     thresholds: Iterable[float] = SWEEP_THRESHOLDS,
 ) -> dict:
     """Sweep the CAM background threshold over (keys, maps, gt) samples; see :class:`ThresholdSweep`.

@@ -11,33 +11,24 @@ from __future__ import annotations
 import numpy as np
 
 from affinitynet.algorithms.cam import background_score
-
-# Dense-CRF settings of the paper / PSA's crf_inference.
-CRF_DEFAULTS: dict[str, float] = {
-    "iterations": 10,
-    "gauss_sxy": 3,
-    "gauss_compat": 3,
-    "bi_sxy": 80,
-    "bi_srgb": 13,
-    "bi_compat": 10,
-}
+from affinitynet.conventions import IGNORE_INDEX
 
 # Probabilities are clipped to this before -log (pydensecrf's unary_from_softmax default, as PSA).
 UNARY_CLIP = 1e-5
-IGNORE = 255
 
 
 def dense_crf(
     image: np.ndarray,
     probs: np.ndarray,
-    iterations: int = 10,
+    iterations: int,
     gauss_sxy: float = 3,
     gauss_compat: float = 3,
     bi_sxy: float = 80,
     bi_srgb: float = 13,
     bi_compat: float = 10,
 ) -> np.ndarray:
-    """Fully connected CRF (Kraehenbuehl & Koltun) over per-pixel scores.
+    """Fully connected CRF (Kraehenbuehl & Koltun) over per-pixel scores. The kernel settings
+    are those of PSA's crf_inference (Gaussian sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10).
 
     Args:
         image: (H, W, 3) uint8 RGB, the bilateral kernel's colour.
@@ -62,8 +53,9 @@ def dense_crf(
     return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
 
 
-def crf_with_background(image: np.ndarray, maps: np.ndarray, alpha: float, **crf_kw) -> np.ndarray:
-    """Dense CRF over [background_score(maps, alpha)] + maps (not renormalised).
+def crf_with_background(image: np.ndarray, maps: np.ndarray, alpha: float, iterations: int) -> np.ndarray:
+    """Dense CRF over [background_score(maps, alpha)] + maps (not renormalised), ``iterations``
+    mean-field steps.
 
     image (H, W, 3) uint8; maps (k, H, W) normalised CAMs of the present classes.
     Returns (k+1, H, W) float32 marginals: background first, then the maps' order.
@@ -74,7 +66,7 @@ def crf_with_background(image: np.ndarray, maps: np.ndarray, alpha: float, **crf
         return np.ones((1,) + tuple(image.shape[:2]), np.float32)
     background = background_score(np.asarray(maps), alpha)[None]
     scores = np.concatenate([background, maps], axis=0)
-    return dense_crf(image, scores, **crf_kw)
+    return dense_crf(image, scores, iterations)
 
 
 def canvas(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -128,11 +120,11 @@ def confident_labels(
     low = np.argmax(crf_low, axis=0)
     high = np.argmax(crf_high, axis=0)
     label = low.copy()
-    label[low == 0] = IGNORE
+    label[low == 0] = IGNORE_INDEX
     label[high == 0] = 0
-    label[no_score] = IGNORE
+    label[no_score] = IGNORE_INDEX
     if keys is not None:
-        lookup = np.full(IGNORE + 1, IGNORE, np.int64)
+        lookup = np.full(IGNORE_INDEX + 1, IGNORE_INDEX, np.int64)
         lookup[0] = 0
         lookup[1:len(keys) + 1] = np.asarray(keys, np.int64) + 1
         label = lookup[label]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from affinitynet.conventions import IGNORE_INDEX
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
@@ -48,6 +48,16 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, 100.0 * num / np.maximum(den, 1), np.nan)
 
 
+def mean_iou(conf: np.ndarray) -> float:
+    """Mean IoU (percent) of a (K, K) confusion matrix over the classes that occur in the
+    prediction or the ground truth; NaN when none does."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(conf)
+    iou = _ratio(tp, conf.sum(axis=0) + conf.sum(axis=1) - tp)
+    defined = iou[~np.isnan(iou)]
+    return float(defined.mean()) if defined.size else math.nan
+
+
 def scores_from_confusion(conf: np.ndarray, class_names: Sequence[str]) -> dict:
     """Scores from a (K, K) confusion matrix; ``class_names`` has K names, background first.
 
@@ -65,9 +75,8 @@ def scores_from_confusion(conf: np.ndarray, class_names: Sequence[str]) -> dict:
     precision = _ratio(tp, pred_count)
     recall = _ratio(tp, gt_count)
     total = conf.sum()
-    defined = iou[~np.isnan(iou)]
     return {
-        "miou": float(defined.mean()) if defined.size else math.nan,
+        "miou": mean_iou(conf),
         "pixel_accuracy": float(100.0 * tp.sum() / total) if total > 0 else math.nan,
         "per_class": {n: float(v) for n, v in zip(class_names, iou)},
         "precision": {n: float(v) for n, v in zip(class_names, precision)},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def pair_offsets(radius: int = 5) -> list[tuple[int, int]]:
+def pair_offsets(radius: int) -> list[tuple[int, int]]:
     """Forward offsets (dy, dx) with dx² + dy² < radius², in the original order.
 
     First (0, 1) .. (0, radius-1), then for dy = 1..radius-1 every dx = -(radius-1)..radius-1
@@ -28,7 +28,7 @@ def pair_offsets(radius: int = 5) -> list[tuple[int, int]]:
     return offsets
 
 
-def from_region(height: int, width: int, radius: int = 5) -> tuple[int, int]:
+def from_region(height: int, width: int, radius: int) -> tuple[int, int]:
     """(rows, cols) of the block of "from" cells, whose top-left is (0, radius-1).
 
     Raises ValueError when the grid is too small to hold one pair of every offset.
@@ -43,7 +43,7 @@ def from_region(height: int, width: int, radius: int = 5) -> tuple[int, int]:
     return rows, cols
 
 
-def pair_indices(height: int, width: int, radius: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def pair_indices(height: int, width: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Grid indices (row-major, y*width + x) of all pairs.
 
     Returns ``ind_from`` (int64, n_from) and ``ind_to`` (int64, n_offsets * n_from): for each

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from affinitynet.algorithms.affinity import dense_affinity
 from affinitynet.algorithms.cam import background_score
 from affinitynet.algorithms.pairs import from_region, pair_offsets
+from affinitynet.conventions import STRIDE
 
-STRIDE = 8  # the affinity grid is the network's output stride (paper Sec. 4.1)
 
 
 def random_walk_dense(cams: torch.Tensor, aff_dense: torch.Tensor, beta: float,
@@ -48,8 +48,7 @@ def _full_grid_affinity(aff: torch.Tensor, height: int, width: int, radius: int)
     return full
 
 
-def transition_csr(aff: torch.Tensor, height: int, width: int, beta: float = 8,
-                   radius: int = 5) -> torch.Tensor:
+def transition_csr(aff: torch.Tensor, height: int, width: int, beta: float, radius: int) -> torch.Tensor:
     """Sparse transposed transition T^T = D^-1 A^beta as a CSR (n, n) tensor, rows = targets.
 
     ``aff`` (n_offsets, n_from) on an h x w grid. Row j holds A_ij^beta / d_j for i in j's
@@ -87,8 +86,7 @@ def transition_csr(aff: torch.Tensor, height: int, width: int, beta: float = 8,
 
 
 def random_walk(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int,
-                beta: float = 8, logt: int = 8, radius: int = 5,
-                threads: int | None = 1) -> torch.Tensor:
+                beta: float, logt: int, radius: int) -> torch.Tensor:
     """Fast random walk on the stride-8 grid, the same result as ``random_walk_dense``.
 
     ``cams`` (K, h, w) scores (present classes and background), ``aff`` (n_offsets, n_from)
@@ -96,34 +94,26 @@ def random_walk(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int,
     scores after 2^logt steps (paper: beta 8, logt 8). Runs in the dtype and on the device of
     ``aff`` (pass float64 for checks); never forms the n x n matrix.
 
-    ``threads``: torch intra-op threads for the CPU step loop (restored afterwards; the setting
-    is process-wide). Each step is a short parallel region, and 256 of them stall badly when
-    another process shares the cores (measured 100x slower on 2 busy cores), so one thread is
-    the default; parallelise over images instead. None keeps torch's setting.
+    Each step is a short parallel region on the CPU, and 256 of them stall badly when another
+    process shares the cores (measured 100x slower on 2 busy cores): callers that walk many
+    images run it with one torch thread and parallelise over images instead.
     """
     if aff.dim() == 3:
         aff = aff[0]
     if cams.shape[-2:] != (height, width):
         raise ValueError(f"cams grid {tuple(cams.shape[-2:])} != affinity grid ({height}, {width})")
-    saved = torch.get_num_threads()
-    if threads is not None and threads != saved and aff.device.type == "cpu":
-        torch.set_num_threads(threads)
-    try:
-        trans_t = transition_csr(aff, height, width, beta, radius)
-        scores = cams.reshape(cams.shape[0], -1).to(device=aff.device, dtype=aff.dtype)
-        scores = scores.T.contiguous()  # (n, K): T^T @ s^T is (s @ T)^T
-        for _ in range(2 ** logt):
-            scores = trans_t @ scores
-    finally:
-        if torch.get_num_threads() != saved:
-            torch.set_num_threads(saved)
+    trans_t = transition_csr(aff, height, width, beta, radius)
+    scores = cams.reshape(cams.shape[0], -1).to(device=aff.device, dtype=aff.dtype)
+    scores = scores.T.contiguous()  # (n, K): T^T @ s^T is (s @ T)^T
+    for _ in range(2 ** logt):
+        scores = trans_t @ scores
     return scores.T.reshape(cams.shape[0], height, width)
 
 
 def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torch.Tensor,
                    aff: np.ndarray | torch.Tensor, image_hw: tuple[int, int],
-                   alpha: float = 16, beta: float = 8, logt: int = 8, radius: int = 5,
-                   num_classes: int = 20, method: str = "sparse"
+                   alpha: float, beta: float, logt: int, radius: int, num_classes: int,
+                   method: str = "sparse"
                    ) -> tuple[np.ndarray, torch.Tensor]:
     """CAMs of one image -> random-walk pseudo label (the original infer_aff procedure).
 

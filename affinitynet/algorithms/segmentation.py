@@ -20,8 +20,8 @@ def multiscale_probabilities(
     score_fn: Callable[[torch.Tensor], torch.Tensor],
     image: np.ndarray,
     normalize: Callable[[np.ndarray], np.ndarray | torch.Tensor],
-    scales: Sequence[float] = (1.0,),
-    flip: bool = True,
+    scales: Sequence[float],
+    flip: bool,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Mean class probabilities of an image over ``scales`` (and their flips).

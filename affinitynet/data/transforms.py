@@ -28,12 +28,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from affinitynet.conventions import IGNORE_INDEX, STRIDE
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)  # B, G, R means of the Caffe VGG-16
 NORMALIZATIONS = ("imagenet", "caffe_bgr")
-IGNORE_INDEX = 255
-STRIDE = 8
 
 
 def normalize_chw(image: torch.Tensor, kind: str = "imagenet") -> torch.Tensor:
@@ -164,9 +164,9 @@ class _Augment:
 class ClassificationTransform(_Augment):
     """uint8 (H, W, 3) RGB -> float32 (3, crop, crop) augmented, normalised image (PSA train_cls)."""
 
-    def __init__(self, crop: int = 448, resize_long: tuple[int, int] = (256, 512),
-                 color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1),
-                 normalization: str = "imagenet", generator: torch.Generator | None = None) -> None:
+    def __init__(self, crop: int, resize_long: tuple[int, int],
+                 color_jitter: tuple[float, float, float, float], normalization: str = "imagenet",
+                 generator: torch.Generator | None = None) -> None:
         super().__init__(crop, resize_long, color_jitter, normalization, generator)
 
     def __call__(self, image: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -196,13 +196,12 @@ class AffinityTransform(_Augment):
     ``(image uint8 (H, W, 3), label uint8 (H, W)) -> (image float32 (3, crop, crop),
     label uint8 (crop, crop), label_stride8 uint8 (crop/8, crop/8))``. The label follows every
     geometric step with nearest-neighbour resizing; padding is 255 (ignore). ``crop`` must be a
-    multiple of 8. Defaults are PSA's train_aff values (crop 448, long side 448..768).
+    multiple of 8. (PSA train_aff: crop 448, long side 448..768).
     """
 
-    def __init__(self, crop: int = 448, resize_long: tuple[int, int] = (448, 768),
-                 color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1),
-                 normalization: str = "imagenet", generator: torch.Generator | None = None,
-                 stride: int = STRIDE) -> None:
+    def __init__(self, crop: int, resize_long: tuple[int, int],
+                 color_jitter: tuple[float, float, float, float], normalization: str = "imagenet",
+                 generator: torch.Generator | None = None, stride: int = STRIDE) -> None:
         super().__init__(crop, resize_long, color_jitter, normalization, generator)
         if crop % stride:
             raise ValueError(f"crop {crop} must be a multiple of the stride {stride}")
@@ -226,9 +225,9 @@ class SegmentationTransform(_Augment):
     flip, colour jitter, crop with 255 padding of the label), without the stride-8 label.
     """
 
-    def __init__(self, crop: int = 448, resize_long: tuple[int, int] = (320, 640),
-                 color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1),
-                 normalization: str = "imagenet", generator: torch.Generator | None = None) -> None:
+    def __init__(self, crop: int, resize_long: tuple[int, int],
+                 color_jitter: tuple[float, float, float, float], normalization: str = "imagenet",
+                 generator: torch.Generator | None = None) -> None:
         super().__init__(crop, resize_long, color_jitter, normalization, generator)
 
     def __call__(self, image: np.ndarray, label: np.ndarray,

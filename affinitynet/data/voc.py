@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.images import load_label_png, load_rgb
 from affinitynet.data.transforms import normalize
 from affinitynet.errors import InputError
@@ -42,7 +43,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 
-IGNORE_INDEX = 255
 _IMAGE_EXTS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
 _AUTO_LABEL_FILES = ("labels.json", "labels.csv")
 _CSV_HEADER_WORDS = {"image", "name", "filename", "file", "image_id", "id"}
@@ -324,7 +324,7 @@ class ClassificationDataset(Dataset):
         return x, torch.from_numpy(self.voc.image_labels(name)), name
 
 
-class AffinityDataset(Dataset):
+class LabelMapDataset(Dataset):
     """(image, label map, name) for training AffinityNet (paper Sec. 3.3) and the segmentation
     network (stage 5).
 
@@ -387,7 +387,3 @@ class GroundTruthDataset(Dataset):
         name = self.names[idx]
         x, label = self.joint_transform(self.voc.load_image(name), self.voc.load_gt(name))
         return x, label, name
-
-
-# The brief's name for the same thing.
-SegmentationPairDataset = AffinityDataset

@@ -140,7 +140,7 @@ class AffinityNet(Backbone):
         parts = [F.elu(norm(conv(level))) for level, conv, norm in zip(levels, convs, norms)]
         return F.elu(self.f9(torch.cat(parts, dim=1)))
 
-    def affinity(self, x: torch.Tensor, radius: int = 5) -> torch.Tensor:
+    def affinity(self, x: torch.Tensor, radius: int) -> torch.Tensor:
         """(B,3,H,W) normalised image -> pair affinities (B, n_offsets, n_from) in (0, 1]."""
         return affinity_from_features(self(x), radius)
 

@@ -7,7 +7,7 @@ on it stays where it was.
 
 PSA's quirk: its optimizer calls ``SGD(params, lr, weight_decay)`` positionally, which passes the
 weight decay as the *momentum*; so the released models were trained with momentum 0.0005 (= wd).
-``momentum=None`` reproduces that; pass e.g. 0.9 for ordinary momentum.
+The caller passes the momentum (the config's default is that 5e-4; e.g. 0.9 for DeepLab's).
 """
 
 from __future__ import annotations
@@ -37,15 +37,13 @@ def poly_lr(base_lr: float, step: int, max_step: int, power: float = POLY_POWER)
 class PolyOptimizer(torch.optim.SGD):
     """SGD whose group learning rates follow :func:`poly_lr` from their initial values.
 
-    ``momentum=None`` means PSA's quirk (momentum = ``weight_decay``). The step counter is in
-    :meth:`state_dict`, so a resumed run continues the schedule.
+    The step counter is in :meth:`state_dict`, so a resumed run continues the schedule.
     """
 
     def __init__(self, params: Iterable[Any], lr: float, weight_decay: float, max_step: int,
-                 momentum: float | None = None, power: float = POLY_POWER) -> None:
+                 momentum: float, power: float = POLY_POWER) -> None:
         if max_step < 1:
             raise ValueError(f"max_step must be >= 1, got {max_step}")
-        momentum = weight_decay if momentum is None else momentum
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.global_step = 0
         self.max_step = max_step
@@ -78,7 +76,7 @@ class PolyOptimizer(torch.optim.SGD):
 
 
 def build_optimizer(net: torch.nn.Module, lr: float, weight_decay: float, max_step: int,
-                    momentum: float | None = None) -> PolyOptimizer:
+                    momentum: float) -> PolyOptimizer:
     """PolyOptimizer over ``net.param_groups()`` with PSA's per-group lr and weight decay.
 
     ``net`` must be in the mode it will train in (its frozen layers are left out of the groups).

@@ -8,28 +8,23 @@ Writes ``pseudo_labels/<image>.png`` and evaluates them on the evaluation split.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.random_walk import STRIDE, propagate_cams
+from affinitynet.algorithms.random_walk import propagate_cams
 from affinitynet.artifacts import WorkDir
+from affinitynet.common import (backbone_of, for_each_image, image_to, inference_net, infer_names, load_trained,
+                                open_dataset, torch_threads)
 from affinitynet.config import RunConfig
+from affinitynet.conventions import STRIDE
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
+from affinitynet.evaluation import evaluate_folder, names_with_gt
 from affinitynet.models import build_affinity_net
-from affinitynet.stages.common import (check_image_size, checked_image, image_loader, infer_names, load_trained,
-                                      open_dataset, todo)
-from affinitynet.training import image_to
-
-
-def aff_backbone(cfg: RunConfig) -> str:
-    return cfg.train_aff.backbone or cfg.train_cam.backbone
 
 
 @torch.inference_mode()
@@ -48,34 +43,26 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     _, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
     voc = open_dataset(cfg)
-    names = infer_names(cfg, voc)
-    net = build_affinity_net(aff_backbone(cfg))
-    load_trained(net, wd.affinity / "final.pth", "AffinityNet")
-    net.eval().to(device)
-    if rc.channels_last:
-        net.to(memory_format=torch.channels_last)
-    pending = todo(names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels])
-    t0 = time.time()
-    loader = image_loader(voc, pending, 2)
-    for name, image, _ in tqdm(loader, desc="random-walk", total=len(pending), dynamic_ncols=True,
-                               disable=not distributed.current().is_main):
-        image = checked_image(image)
-        # the image's stride-8 grid must hold one pair of every offset (pairs.from_region)
-        check_image_size(voc, name, image.shape[:2], min_height=STRIDE * (rc.radius - 1) + 1,
-                         min_width=STRIDE * (2 * rc.radius - 2) + 1,
-                         why=f"the random walk with radius {rc.radius}")
+    net = load_trained(build_affinity_net(backbone_of(cfg, cfg.train_aff)), wd.affinity.final, "AffinityNet")
+    inference_net(net, device, rc.channels_last)
+
+    def one_image(name: str, image: np.ndarray, label: np.ndarray) -> None:
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
         aff = image_affinity(net, image, rc.radius, device, rc.channels_last)
-        label, _ = propagate_cams(keys, maps, aff, image.shape[:2], alpha=rc.alpha, beta=rc.beta,
-                                  logt=rc.logt, radius=rc.radius, num_classes=voc.num_classes,
-                                  method=rc.method)
+        # 256 short sparse products: one thread, as the cores serve the loader workers too
+        with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+            label, _ = propagate_cams(keys, maps, aff, image.shape[:2], alpha=rc.alpha, beta=rc.beta,
+                                      logt=rc.logt, radius=rc.radius, num_classes=voc.num_classes,
+                                      method=rc.method)
         save_label_png(wd.png(wd.pseudo_labels, name), label)
-    distributed.barrier()
-    result: dict[str, Any] = {"images": len(pending), "seconds": time.time() - t0}
-    if distributed.current().is_main:
-        from affinitynet.stages.evaluate import evaluate_folder
 
-        eval_names = [n for n in voc.split(cfg.dataset.eval_split) if voc.has_gt(n)]
-        if eval_names:
-            result.update(evaluate_folder(wd.pseudo_labels, voc, eval_names))
+    # the image's stride-8 grid must hold one pair of every offset (pairs.from_region)
+    min_size = (STRIDE * (rc.radius - 1) + 1, STRIDE * (2 * rc.radius - 2) + 1)
+    result = for_each_image(voc, infer_names(cfg, voc), lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels],
+                            one_image, num_workers=2, desc="random-walk", min_size=min_size,
+                            why=f"the random walk with radius {rc.radius}")
+    if distributed.current().is_main:
+        names = names_with_gt(voc, cfg.dataset.eval_split)
+        if names:
+            result.update(evaluate_folder(wd.pseudo_labels, voc, names))
     return result

@@ -7,8 +7,6 @@ only) and ``classifier/log.jsonl`` (one line per step and per epoch).
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,19 +14,11 @@ import torch.nn.functional as F
 
 from affinitynet import distributed, training
 from affinitynet.artifacts import WorkDir
+from affinitynet.common import initial_weights, open_dataset
 from affinitynet.config import RunConfig
 from affinitynet.data.transforms import ClassificationTransform, ResizePadTransform
-from affinitynet.data.voc import ClassificationDataset, VOCDataset
+from affinitynet.data.voc import ClassificationDataset
 from affinitynet.models import build_classifier
-
-
-def build(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
-    """The classifier with its initial weights (ImageNet file, if given)."""
-    tc = cfg.train_cam
-    net = build_classifier(tc.backbone, num_classes)
-    if tc.weights:
-        training.load_backbone_weights(net, tc.weights)
-    return net
 
 
 def classification_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -43,35 +33,15 @@ def classification_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tenso
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     tc = cfg.train_cam
-    dist_info, device = distributed.setup(cfg.device)
-    wd = WorkDir(cfg.workdir)
-    voc = VOCDataset(cfg.dataset.root, cfg.dataset.labels or None)
-    training.seed_everything(tc.seed)  # the heads' initial weights depend on the seed only
-    net = build(cfg, voc.num_classes)
-    transform = ClassificationTransform(
-        crop=tc.crop, resize_long=tc.resize_long, color_jitter=tc.color_jitter, normalization=net.normalization
-    )
+    _, device = distributed.setup(cfg.device)
+    voc = open_dataset(cfg)
+    training.seed_everything(tc.seed)  # the head's initial weights depend on the seed only
+    net = initial_weights(build_classifier(tc.backbone, voc.num_classes), cfg, tc)
+    transform = ClassificationTransform(tc.crop, tc.resize_long, tc.color_jitter, net.normalization)
     train_set = ClassificationDataset(voc, voc.split(cfg.dataset.train_split), transform)
     val_set = None
-    if voc.has_split(cfg.dataset.val_split):
-        val_tf = ResizePadTransform(tc.crop, net.normalization)
-        val_set = ClassificationDataset(voc, voc.split(cfg.dataset.val_split), val_tf)
-
-    channels_last = tc.channels_last and device.type == "cuda"
-
-    def loss_fn(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        image, label = training.image_to(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
-        return classification_loss(model, (image, label))
-
-    t0 = time.time()
-    result = training.fit_stage(
-        tc, net=net, train_set=train_set, val_set=val_set, loss_fn=loss_fn, out_dir=wd.classifier,
-        device=device, dist_info=dist_info, resume=resume, config=cfg, desc="train-cam",
-        channels_last=channels_last,
-    )
-    result["seconds"] = time.time() - t0
-    return result
-
-
-def final_weights(cfg: RunConfig) -> Path:
-    return WorkDir(cfg.workdir).classifier / "final.pth"
+    if voc.has_split(cfg.dataset.val_split):  # validation loss of the whole images, resized
+        val_set = ClassificationDataset(voc, voc.split(cfg.dataset.val_split),
+                                        ResizePadTransform(tc.crop, net.normalization))
+    return training.fit(net, classification_loss, train_set, val_set, tc, WorkDir(cfg.workdir).classifier,
+                        device, resume=resume, config=cfg, desc="train-cam")

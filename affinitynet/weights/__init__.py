@@ -18,7 +18,7 @@ from affinitynet.errors import InputError
 from affinitynet.weights.caffe import read_caffemodel, vgg16_from_caffe
 from affinitynet.weights.mxnet import mxnet_to_torch_key, read_mxnet_params, resnet38_from_mxnet
 
-__all__ = ["load_weights", "check_keys", "read_mxnet_params", "resnet38_from_mxnet",
+__all__ = ["load_weights", "read_mxnet_params", "resnet38_from_mxnet",
            "mxnet_to_torch_key", "read_caffemodel", "vgg16_from_caffe", "SUFFIXES"]
 
 SUFFIXES = (".params", ".caffemodel", ".pth", ".pt")
@@ -81,29 +81,3 @@ def load_weights(path: str | os.PathLike[str],
     if not state:
         raise InputError(f"{path}: no usable weights found (no ResNet-38/VGG-16 parameter names)")
     return state
-
-
-def _names(keys: list[str], limit: int = 8) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def check_keys(state: dict, expected: dict[str, tuple]) -> None:
-    """Raise ``InputError`` unless ``state`` has exactly the keys and shapes of ``expected``.
-
-    The one-line message names missing keys, unexpected keys and shape mismatches.
-    """
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {list(state[k].shape)} vs expected {list(expected[k])}"
-                  for k in expected if k in state
-                  and tuple(state[k].shape) != tuple(int(d) for d in expected[k])]
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {_names(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {_names(unexpected)}")
-    if mismatched:
-        parts.append(f"shape mismatches: {_names(mismatched, 4)}")
-    if parts:
-        raise InputError("weights do not fit the model; " + "; ".join(parts))

@@ -1,0 +1,184 @@
+"""What the stages share, so that no stage imports another: the dataset of a run and its image
+lists, which backbone each network has, loading weights, and the per-image runner of make-cam,
+random-walk and segment (shard over ranks, skip finished images, decode in worker processes,
+check, process)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from affinitynet import artifacts, distributed
+from affinitynet.config import RunConfig, TrainingConfig
+from affinitynet.conventions import STRIDE
+from affinitynet.data.voc import VOCDataset
+from affinitynet.errors import AffinityNetError, InputError
+
+
+# -- the dataset of a run ----------------------------------------------------------------------
+def open_dataset(cfg: RunConfig) -> VOCDataset:
+    if not cfg.dataset.root:
+        raise InputError("no dataset given: set dataset.root (or --dataset DIR)")
+    return VOCDataset(cfg.dataset.root, cfg.dataset.labels or None)
+
+
+def infer_names(cfg: RunConfig, voc: VOCDataset) -> list[str]:
+    """Images that get CAMs and labels: the inference splits plus the evaluation split, each once."""
+    seen: dict[str, None] = {}
+    for split in [*cfg.dataset.infer_splits, cfg.dataset.eval_split]:
+        for name in voc.split(split):
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+# -- networks ----------------------------------------------------------------------------------
+def backbone_of(cfg: RunConfig, section: TrainingConfig) -> str:
+    """The backbone of a training stage's network: its own, else the classifier's."""
+    return section.backbone or cfg.train_cam.backbone
+
+
+def image_to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A (B, 3, H, W) batch to ``device``, NHWC when the network is (``channels_last``)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(device, non_blocking=True, memory_format=fmt)
+
+
+def load_backbone_weights(net: torch.nn.Module, path: str | Path) -> list[str]:
+    """Initialise the backbone of ``net`` from a weights file (ImageNet .params / .caffemodel /
+    .pth, or a trained sibling network); heads keep their fresh initialisation. Returns the
+    file's keys that were not used."""
+    from affinitynet.models import load_backbone_state_dict
+    from affinitynet.weights import load_weights
+
+    try:
+        return load_backbone_state_dict(net, load_weights(path))
+    except InputError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise InputError(f"{path}: {exc}") from None
+
+
+def initial_weights(net: torch.nn.Module, cfg: RunConfig, section: TrainingConfig) -> torch.nn.Module:
+    """Start ``net``'s backbone from ``section.weights`` when given, else (with
+    ``init_from_classifier``) from the trained classifier of this run when it exists and has the
+    same backbone; otherwise leave the fresh initialisation."""
+    if section.weights:
+        load_backbone_weights(net, section.weights)
+    elif getattr(section, "init_from_classifier", False):
+        final = artifacts.WorkDir(cfg.workdir).classifier.final
+        if final.exists() and backbone_of(cfg, section) == cfg.train_cam.backbone:
+            load_backbone_weights(net, final)
+    return net
+
+
+def load_trained(net: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
+    """Load a stage's final weights strictly; a checkpoint for another network is named."""
+    from affinitynet.models import load_state_dict_strict
+
+    if not path.exists():
+        raise InputError(f"{path}: {what} weights do not exist (run the training stage first)")
+    state = artifacts.load_checkpoint(path)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a state dict (name -> tensor) of {what} weights")
+    try:
+        load_state_dict_strict(net, state)
+    except InputError as exc:  # name the file: "checkpoint does not fit ..." alone does not
+        raise InputError(f"{path}: {exc} (trained with another backbone or dataset?)") from None
+    return net
+
+
+def inference_net(net: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """``net`` in eval mode on ``device``, NHWC when ``channels_last``."""
+    net.eval().to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count inside the block (process-wide, so restored afterwards)."""
+    saved = torch.get_num_threads()
+    if count != saved:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
+
+
+# -- the per-image runner ----------------------------------------------------------------------
+def todo(names: list[str], output: Callable[[str], Path], out_dirs: list[Path]) -> list[str]:
+    """This rank's share of ``names`` whose outputs are not written yet (finished images are
+    skipped on a rerun). Temporary files of a killed run are removed first."""
+    main = distributed.current().is_main
+    for d in out_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        if main:  # another rank could be writing its first output already
+            artifacts.remove_stale_tmp(d)
+    distributed.barrier()  # cleaned before anyone writes
+    mine = distributed.shard(names)
+    return [n for n in mine if not output(n).exists()]
+
+
+def check_image_size(voc: VOCDataset, name: str, size: tuple[int, int], min_size: tuple[int, int],
+                     why: str) -> None:
+    """InputError naming the image file when its (H, W) ``size`` is below ``min_size`` (H, W)."""
+    height, width = int(size[0]), int(size[1])
+    if height < min_size[0] or width < min_size[1]:
+        raise InputError(f"{voc.image_path(name)}: image is {width}x{height} px, too small for {why} "
+                         f"(needs at least {min_size[1]}x{min_size[0]} px)")
+
+
+class ImageSource(torch.utils.data.Dataset):
+    """(name, image, image label) per image; decoded in DataLoader workers so that loading
+    overlaps the network. A bad image comes back as its error instead of the image."""
+
+    def __init__(self, voc: VOCDataset, names: list[str]) -> None:
+        self.voc, self.names = voc, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray | AffinityNetError, np.ndarray | None]:
+        name = self.names[i]
+        try:
+            return name, self.voc.load_image(name), self.voc.image_labels(name)
+        except AffinityNetError as exc:
+            # returned, and raised by the main process: raised in a worker it would arrive
+            # wrapped in the worker's traceback, and the workers of the failed loader would take
+            # seconds to stop
+            return name, exc, None
+
+
+def for_each_image(voc: VOCDataset, names: list[str], output: Callable[[str], Path], out_dirs: list[Path],
+                   process: Callable[[str, np.ndarray, np.ndarray], None], *, num_workers: int, desc: str,
+                   min_size: tuple[int, int] = (STRIDE, STRIDE), why: str = "the stride-8 grid") -> dict[str, Any]:
+    """Run ``process(name, image (H, W, 3) uint8, image label (C,))`` on this rank's share of
+    ``names`` whose ``output(name)`` does not exist yet, with ``num_workers`` decoding processes
+    and a progress bar; ``process`` writes the outputs, ``output(name)`` last (it marks the image
+    done). A bad image stops the run with its one-line error; the images before it keep their
+    outputs. Ends at a barrier (every rank finished). Returns {"images", "seconds"} of this rank."""
+    pending = todo(names, output, out_dirs)
+    t0 = time.time()
+    loader = torch.utils.data.DataLoader(ImageSource(voc, pending), batch_size=None,
+                                         num_workers=num_workers if pending else 0)
+    for name, image, label in tqdm(loader, desc=desc, total=len(pending), dynamic_ncols=True,
+                                   disable=not distributed.current().is_main):
+        if isinstance(image, AffinityNetError):
+            raise image
+        image = np.asarray(image)  # the loader hands arrays over as tensors
+        check_image_size(voc, name, image.shape[:2], min_size, why)
+        process(name, image, np.asarray(label))
+    distributed.barrier()
+    return {"images": len(pending), "seconds": time.time() - t0}
