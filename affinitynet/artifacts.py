@@ -13,6 +13,7 @@ Layout of a work folder (``RunConfig.workdir``)::
     segmentation/                   stage 5a: checkpoint.pt, final.pth, log.jsonl
     seg_pred/<image>.png            stage 5b: the segmentation network's labels
     vis/                            pictures of CAMs and labels
+    tune/                           `affinitynet tune`: tuned.yaml (a config fragment), tune.json
 
 CAM file format (``.npz``, no pickles), version 1:
 ``version`` int (1), ``keys`` int64 (k,) class indices present in the image (ascending),
@@ -116,6 +117,10 @@ class WorkDir:
     @property
     def vis(self) -> Path:
         return self.root / "vis"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
 
     def cam_file(self, name: str) -> Path:
         return self.cam / f"{name}.npz"

@@ -14,12 +14,13 @@ from typing import Any
 from affinitynet import config as C
 from affinitynet import pipeline
 from affinitynet.errors import AffinityNetError
-from affinitynet.stages import convert_weights, evaluate, prepare_voc, synth
+from affinitynet.stages import convert_weights, evaluate, prepare_voc, synth, tune
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file overriding the paper's defaults, or the name of a "
-                                    "recipe in configs/ (e.g. demo, voc_resnet38)")
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML file overriding the paper's defaults, or the name of a recipe in configs/ "
+                        "(e.g. demo, voc_resnet38); repeatable, later files win (e.g. a recipe, then tuned.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train_cam.backbone=vgg16 (repeatable)")
     p.add_argument("--workdir", help="work folder (config key workdir)")
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, default=C.SynthConfig.train)
     p.add_argument("--val", type=int, default=C.SynthConfig.val)
     p.add_argument("--seed", type=int, default=C.SynthConfig.seed)
+    p.add_argument("--family", default=C.SynthConfig.family, choices=("shapes", "clutter"),
+                   help="shapes: 200-320 px, plain background; clutter: 96-640 px, cluttered background")
+    p.add_argument("--scale", type=float, default=C.SynthConfig.scale, help="resize every image by this factor")
 
     p = sub.add_parser("prepare-voc", help="split lists and image labels for PASCAL VOC 2012 + SBD")
     p.add_argument("--voc-root", required=True)
@@ -84,17 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole pipeline from one YAML config")
     _add_run_options(p)
 
+    p = sub.add_parser("tune", help="search bg score, CRF alphas and walk settings on images with ground truth")
+    _add_run_options(p)
+
     p = sub.add_parser("demo", help="synthetic data + whole pipeline with the CPU recipe (configs/demo.yaml)")
     p.add_argument("--workdir", default="work/demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
+    p.add_argument("--family", default="shapes", choices=("shapes", "clutter"), help="synthetic family")
     return parser
 
 
 def _dispatch(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd == "synth":
-        return synth.run(C.SynthConfig(out=args.out, train=args.train, val=args.val, seed=args.seed))
+        return synth.run(C.SynthConfig(out=args.out, train=args.train, val=args.val, seed=args.seed,
+                                       family=args.family, scale=args.scale))
     if cmd == "prepare-voc":
         return prepare_voc.run(C.PrepareVOCConfig(
             voc_root=args.voc_root, sbd_root=args.sbd_root, out=args.out, convert_sbd=args.convert_sbd))
@@ -104,8 +113,11 @@ def _dispatch(args: argparse.Namespace) -> Any:
         return convert_weights.run(C.ConvertWeightsConfig(input=args.input, output=args.output))
     if cmd == "run":
         return pipeline.run(_run_config(args))
+    if cmd == "tune":
+        return tune.run(_run_config(args))
     if cmd == "demo":
-        return pipeline.demo(workdir=args.workdir, sets=[_alias(s) for s in args.set], device=args.device)
+        return pipeline.demo(workdir=args.workdir, sets=[_alias(s) for s in args.set], device=args.device,
+                             data={"family": args.family})
     stage = next(s for s in pipeline.STAGES if s.command == cmd)
     return stage.run(_run_config(args), resume=getattr(args, "resume", False))
 

@@ -6,6 +6,7 @@ check, process)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
 from affinitynet.config import RunConfig, TrainingConfig
 from affinitynet.conventions import STRIDE
+from affinitynet.data.transforms import normalize
 from affinitynet.data.voc import VOCDataset
 from affinitynet.errors import AffinityNetError, InputError
 
@@ -38,6 +41,52 @@ def infer_names(cfg: RunConfig, voc: VOCDataset) -> list[str]:
     return list(seen)
 
 
+# -- the size every stage sees an image at (dataset.long_side) ----------------------------------
+def working_scale(long_side: int, image_hw: tuple[int, int]) -> float:
+    """Factor from an image's native size to the working size: ``long_side`` / its long side,
+    or 1 for ``long_side`` 0 (native sizes, the paper)."""
+    return long_side / max(image_hw) if long_side else 1.0
+
+
+PROFILE_SAMPLE = 500  # images whose sizes are read for the profile (evenly spread)
+
+
+def dataset_profile(voc: VOCDataset, names: list[str]) -> dict[str, Any]:
+    """Long sides (px) of the images ``names``: min, 10th percentile, median, 90th percentile,
+    max over up to 500 of them, evenly spread, read from the file headers (fast at any size)."""
+    step = max(1, len(names) // PROFILE_SAMPLE)
+    sides = np.array([s for s in (voc.image_long_side(n) for n in names[::step]) if s > 0] or [0])
+    return {"images": len(names), "measured": int(len(names[::step])),
+            "long_side": {key: int(np.percentile(sides, q)) for key, q in
+                          (("min", 0), ("p10", 10), ("median", 50), ("p90", 90), ("max", 100))}}
+
+
+def announce_sizes(cfg: RunConfig, voc: VOCDataset, names: list[str], stage: str, sizes: str) -> None:
+    """Print (rank 0) the size rule a stage applies: the dataset's image sizes, the working size,
+    and ``sizes``, the stage's own effective sizes."""
+    if not distributed.current().is_main:
+        return
+    p = dataset_profile(voc, names)["long_side"]
+    rule = (f"each resized to a long side of {cfg.dataset.long_side} px (dataset.long_side)" if cfg.dataset.long_side
+            else "used at their native size (dataset.long_side 0)")
+    print(f"{stage}: images {p['min']}-{p['max']} px on the long side (median {p['median']}), {rule}; {sizes}")
+
+
+def report(stage: str, line: str, warnings: list[str]) -> None:
+    """Print a stage's diagnostic ``line`` and its warnings (rank 0; warnings on stderr)."""
+    if distributed.current().is_main:
+        print(f"{stage}: {line}")
+        for warning in warnings:
+            print(f"affinitynet: warning: {stage}: {warning}", file=sys.stderr)
+
+
+def announce_training_sizes(cfg: RunConfig, voc: VOCDataset, names: list[str], stage: str,
+                            section: TrainingConfig) -> None:
+    """``announce_sizes`` for a training stage: its random long side and crop."""
+    lo, hi = section.resize_long
+    announce_sizes(cfg, voc, names, stage, f"training resizes the long side to {lo}-{hi} px, crop {section.crop} px")
+
+
 # -- networks ----------------------------------------------------------------------------------
 def backbone_of(cfg: RunConfig, section: TrainingConfig) -> str:
     """The backbone of a training stage's network: its own, else the classifier's."""
@@ -48,6 +97,17 @@ def image_to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torc
     """A (B, 3, H, W) batch to ``device``, NHWC when the network is (``channels_last``)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.to(device, non_blocking=True, memory_format=fmt)
+
+
+@torch.inference_mode()
+def image_affinity(net: torch.nn.Module, image: np.ndarray, radius: int, device: torch.device,
+                   channels_last: bool = False) -> torch.Tensor:
+    """(n_offsets, n_from) affinities of an (H, W, 3) uint8 image on its padded stride-8 grid.
+    ``channels_last``: NHWC input, for a network converted with ``net.to(memory_format=...)``."""
+    x = normalize(image, net.normalization)[None]
+    height, width = image.shape[:2]
+    x = F.pad(x, (0, -width % STRIDE, 0, -height % STRIDE))  # zero padding, as the original
+    return net.affinity(image_to(x, device, channels_last), radius).float()[0]
 
 
 def load_backbone_weights(net: torch.nn.Module, path: str | Path) -> list[str]:
@@ -132,12 +192,12 @@ def todo(names: list[str], output: Callable[[str], Path], out_dirs: list[Path]) 
 
 
 def check_image_size(voc: VOCDataset, name: str, size: tuple[int, int], min_size: tuple[int, int],
-                     why: str) -> None:
+                     why: str, hint: str = "") -> None:
     """InputError naming the image file when its (H, W) ``size`` is below ``min_size`` (H, W)."""
     height, width = int(size[0]), int(size[1])
     if height < min_size[0] or width < min_size[1]:
         raise InputError(f"{voc.image_path(name)}: image is {width}x{height} px, too small for {why} "
-                         f"(needs at least {min_size[1]}x{min_size[0]} px)")
+                         f"(needs at least {min_size[1]}x{min_size[0]} px){'; ' + hint if hint else ''}")
 
 
 class ImageSource(torch.utils.data.Dataset):

@@ -40,6 +40,8 @@ class SynthConfig:
     train: int = bounded(240, 0, 1 << 24)
     val: int = bounded(60, 0, 1 << 24)
     seed: int = 0
+    family: str = "shapes"  # or "clutter" (affinitynet/data/synthetic*.py)
+    scale: float = bounded(1.0, 0.05, 10.0)  # resize every image (e.g. 0.55: shapes of 110-176 px)
 
 
 @dataclass
@@ -81,6 +83,11 @@ class DatasetConfig:
     eval_split: str = "train"  # paper reports pseudo-label mIoU on VOC train
     val_split: str = "val"  # validation loss of the training stages (skipped when absent)
     infer_splits: list[str] = field(default_factory=lambda: ["train_aug"])  # images that get CAMs / labels
+    # The size every stage sees an image at. 0: its native size (the paper; its pixel sizes are
+    # for VOC's images, 500 px on the long side). N: the image resized to a long side of N px
+    # first, so that the training crops and resize ranges (px) and the inference scales (x N)
+    # mean the same on a dataset of any image size. Outputs stay at the native size.
+    long_side: int = bounded(0, 0, 1 << 14)
 
 
 @dataclass
@@ -191,6 +198,22 @@ class SegmentConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``affinitynet tune``: the settings searched on images with ground truth (not the paper's:
+    a search around them)."""
+
+    split: str = ""  # default: dataset.eval_split (needs ground truth)
+    images: int = bounded(60, 4, 1 << 20)  # the first ones with ground truth; half to choose, half to check
+    margin: float = bounded(0.5, 0.0, 100.0)  # mIoU a setting must gain over the current one to replace it
+    bg_scores: tuple[float, ...] = bounded(tuple(round(0.05 * i, 2) for i in range(1, 20)), 0.0, 1.0)
+    low_alphas: tuple[float, ...] = bounded((1.0, 2.0, 4.0, 8.0), 0.0, 1e3)
+    high_alphas: tuple[float, ...] = bounded((8.0, 16.0, 32.0, 64.0), 0.0, 1e3)
+    alphas: tuple[float, ...] = bounded((4.0, 8.0, 12.0, 16.0, 24.0, 32.0), 0.0, 1e3)
+    betas: tuple[float, ...] = bounded((4.0, 8.0, 12.0), 1e-6, 1e3)
+    logts: tuple[int, ...] = bounded((4, 5, 6, 7, 8), 0, 20)
+
+
+@dataclass
 class RunConfig:
     """``affinitynet run``: the whole pipeline."""
 
@@ -204,6 +227,7 @@ class RunConfig:
     random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
     train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # Classifier recipes that differ from the paper's ResNet-38/VGG-16 one, by backbone: ResNet-50
@@ -380,12 +404,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type, path: str | Path | None = None, sets: list[str] | None = None,
+def load_config(cls: type, path: str | Path | list[str | Path] | None = None, sets: list[str] | None = None,
                 values: dict[str, Any] | None = None) -> Any:
-    """Defaults of ``cls`` (with the chosen backbone's recipe), then the YAML file (a path or a
-    shipped recipe's name), then ``values`` (nested dict), then ``--set`` items; validated."""
+    """Defaults of ``cls`` (with the chosen backbone's recipe), then the YAML file(s) in order
+    (paths or shipped recipes' names; e.g. a recipe, then the fragment ``affinitynet tune``
+    wrote), then ``values`` (nested dict), then ``--set`` items; validated."""
     cfg = cls()
-    layers = [read_yaml(recipe_path(path))] if path else []
+    paths = [] if not path else [path] if isinstance(path, (str, Path)) else list(path)
+    layers = [read_yaml(recipe_path(p)) for p in paths]
     if values:
         layers.append(values)
     if sets:

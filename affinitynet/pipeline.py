@@ -13,6 +13,7 @@ network trained on the random walk's labels.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 from affinitynet import artifacts, config as C, distributed
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import open_dataset
+from affinitynet.common import dataset_profile, infer_names, open_dataset
 from affinitynet.stages import (make_aff_labels, make_cam, random_walk, segment, synth, train_aff, train_cam,
                                 train_seg)
 
@@ -62,7 +63,7 @@ STAGES: tuple[Stage, ...] = (
 # what a stage's result holds beyond its scores (kept out of metrics.json)
 _NOT_METRICS = ("confusion", "class_names", "images", "seconds", "history", "final", "steps")
 
-DEMO_DATA = {"train": 200, "val": 50, "seed": 0}
+DEMO_DATA = {"train": 200, "val": 50, "seed": 0, "family": "shapes"}
 
 
 def run(cfg: C.RunConfig) -> dict[str, Any]:
@@ -86,10 +87,17 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
         times[stage.name] = time.time() - t0
         if stage.metrics_key:
             metrics[stage.metrics_key] = {k: v for k, v in result.items() if k not in _NOT_METRICS}
-    metrics.update(seconds=times, eval_split=cfg.dataset.eval_split)
+    voc = open_dataset(cfg)
+    metrics.update(seconds=times, eval_split=cfg.dataset.eval_split,
+                   dataset={**dataset_profile(voc, infer_names(cfg, voc)), "working_long_side": cfg.dataset.long_side})
     if d.is_main:
         artifacts.write_json(wd.metrics, metrics)
         save_pictures(cfg)
+        warnings = [f"{key}: {w}" for key, m in metrics.items() if isinstance(m, dict) for w in m.get("warnings", [])]
+        if warnings:
+            print("affinitynet: warnings of this run (details under 'diagnostics' in metrics.json):", file=sys.stderr)
+            for w in warnings:
+                print(f"  - {w}", file=sys.stderr)
     return metrics
 
 
@@ -123,9 +131,9 @@ def demo_config(workdir: str | Path, sets: list[str] | None = None, device: str 
 
 
 def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, device: str = "auto",
-         data: dict[str, int] | None = None) -> dict[str, Any]:
-    """Synthetic dataset + whole pipeline with the CPU recipe; prints CAM vs random walk vs the
-    segmentation network."""
+         data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Synthetic dataset (``data`` overrides DEMO_DATA: image counts, seed, family) + whole
+    pipeline with the CPU recipe; prints CAM vs random walk vs the segmentation network."""
     t0 = time.time()
     cfg = demo_config(workdir, sets, device)
     root = Path(cfg.dataset.root)
@@ -133,7 +141,7 @@ def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, devic
     d, _ = distributed.setup(cfg.device)
     # under torchrun rank 0 alone writes the dataset; the others wait for it
     if d.is_main and not (root / "ImageSets" / "Segmentation" / "val.txt").exists():
-        synth.run(C.SynthConfig(out=str(root), train=data["train"], val=data["val"], seed=data["seed"]))
+        synth.run(C.SynthConfig(out=str(root), **data))
     distributed.barrier()
     metrics = run(cfg)
     if d.is_main:

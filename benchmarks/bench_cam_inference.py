@@ -42,7 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 
-from affinitynet.algorithms.cam import multiscale_cam, resize_image  # noqa: E402
+from affinitynet.algorithms.cam import multiscale_cam  # noqa: E402
+from affinitynet.algorithms.resize import resize_image  # noqa: E402
 from affinitynet.config import MakeCamConfig  # noqa: E402
 from affinitynet.data.transforms import normalize  # noqa: E402
 from affinitynet.models import build_classifier  # noqa: E402

@@ -128,7 +128,7 @@ def run_once(cfg, processes: int, log: Path) -> dict:
     cfg.aff_labels.processes = processes
     names = VOCDataset(cfg.dataset.root).split("train")
     before = cpu_seconds()
-    with contextlib.redirect_stderr(io.StringIO()):  # the stage's progress bar
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its bar and lines
         result = make_aff_labels.run(cfg)
     cpu = cpu_seconds() - before  # includes the (cheap) evaluation after the timed part
     calls = [line.split() for line in log.read_text().splitlines()]

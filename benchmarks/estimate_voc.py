@@ -162,7 +162,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     OPTIONAL_GPU_KEYS). Random data: speed does not depend on it. Runs on any device; the
     estimate uses it on CUDA only."""
     from affinitynet.stages.make_cam import batch_flip_on, cam_function
-    from affinitynet.stages.random_walk import image_affinity
+    from affinitynet.common import image_affinity
 
     def sync_device() -> None:
         sync(device)

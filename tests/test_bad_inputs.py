@@ -21,6 +21,7 @@ from PIL import Image
 from affinitynet import artifacts
 from affinitynet import config as C
 from affinitynet.artifacts import WorkDir
+from affinitynet.data.images import load_label_png
 from affinitynet.cli import main
 from affinitynet.data.synthetic import generate
 
@@ -199,11 +200,16 @@ def test_image_smaller_than_the_grid(make_case, capsys):
 def test_image_too_small_for_the_random_walk(make_case, capsys):
     case = make_case("classifier", "affinity")
     Image.fromarray(np.full((40, 48, 3), 120, np.uint8)).save(case.image())
-    assert main(stage("make-cam", case)) == 0  # fine for CAMs
-    msg = fail(capsys, *stage("random-walk", case))
+    native = ("--set", "dataset.long_side=0")  # at its own size; the case's recipe works at 256 px
+    assert main(stage("make-cam", case, *native)) == 0  # fine for CAMs
+    msg = fail(capsys, *stage("random-walk", case, *native))
     assert msg.startswith(str(case.image())) and "48x40 px" in msg and "radius 5" in msg
+    assert msg.endswith("set dataset.long_side to work at a larger size")
     assert not case.work.png(case.work.pseudo_labels, BAD).exists()
     assert stray_tmp(case.work.root) == []
+    # at a working size the same image is walked (upscaled) and labelled at its own size
+    assert main(stage("random-walk", case)) == 0
+    assert load_label_png(case.work.png(case.work.pseudo_labels, BAD)).shape == (40, 48)
 
 
 # ---------------------------------------------------------------------------------------------

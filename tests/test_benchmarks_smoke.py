@@ -143,3 +143,10 @@ def test_estimate_voc_gpu_only_needs_cuda(tmp_path, capsys):
     assert load("estimate_voc").main(["--gpu-only", str(tmp_path / "gpu.json")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_bench_families_quick(capsys):
+    assert load("bench_families").main(["--quick", "--families", "small", "--recipes", "demo"]) == 0
+    rows = table_rows(capsys.readouterr().out, "| family |")
+    assert [(r[0], r[1]) for r in rows] == [("small", "demo")]
+    assert all(0 <= float(r[i]) <= 100 for r in rows for i in (2, 3, 5))

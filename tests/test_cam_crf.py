@@ -12,8 +12,8 @@ from affinitynet.algorithms.cam import (
     best_threshold,
     cam_prediction,
     multiscale_cam,
-    resize_image,
 )
+from affinitynet.algorithms.resize import resize_image
 from affinitynet.algorithms.crf import canvas, confident_labels, crf_with_background, dense_crf
 from conftest import golden_cases, rel_err
 

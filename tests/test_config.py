@@ -118,11 +118,11 @@ def test_demo_recipe_is_a_file_run_accepts():
     assert by_path == by_name
     assert by_name.train_cam.backbone == "tiny" and by_name.train_cam.crop == 224
     assert (by_name.dataset.train_split, by_name.dataset.eval_split) == ("train", "val")
-    assert by_name.random_walk == C.RandomWalkConfig()  # the paper's walk
+    assert by_name.dataset.long_side == 256 and by_name.random_walk.beta == C.RandomWalkConfig().beta
     # the backbone recipes apply under it, as under any config: what the file sets wins
     r50 = C.load_config(C.RunConfig, "demo", ["train_cam.backbone=resnet50"])
-    assert (r50.train_cam.weight_decay, r50.train_cam.momentum) == (1e-4, 1e-4)  # IRN's
-    assert (r50.train_cam.epochs, r50.train_cam.crop) == (12, 224)  # the demo's
+    assert r50.train_cam.weight_decay == 1e-4  # IRN's
+    assert (r50.train_cam.epochs, r50.train_cam.crop, r50.train_cam.momentum) == (12, 224, 0.9)  # the demo's
     with pytest.raises(ConfigError, match="does not exist"):
         C.load_config(C.RunConfig, "no_such_recipe")
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "affinitynet"
 
 # top to bottom, as in docs/ARCHITECTURE.md
 LAYERS = ["errors", "conventions", "config", "artifacts", "distributed", "data", "algorithms", "models", "weights",
-          "evaluation", "visualize", "common", "training", "stages", "pipeline", "cli"]
+          "evaluation", "diagnostics", "visualize", "common", "training", "stages", "pipeline", "cli"]
 
 
 def _layer(module: str) -> str:

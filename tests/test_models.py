@@ -294,7 +294,7 @@ def test_random_walk_affinities_match_original(path):
     multiples of 8, AffinityNet, exp(-mean|df|) on its output) are the original's: for the
     ``net`` cases with the ResNet-38 AffinityNet under the deterministic weights, for the
     ``image`` cases with the README's image features."""
-    from affinitynet.stages.random_walk import image_affinity
+    from affinitynet.common import image_affinity
 
     g = np.load(path)
     source = str(g["affinity_source"])

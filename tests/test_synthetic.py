@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from affinitynet.config import SynthConfig
 from affinitynet.data.synthetic import class_names, make_sample
+from affinitynet.data.synthetic_clutter import clutter_class_names, clutter_cue_color, make_clutter_sample
 from affinitynet.data.voc import VOCDataset
 from affinitynet.stages import synth
 
@@ -91,3 +93,68 @@ def test_deterministic_byte_identical(tmp_path):
     c = tmp_path / "c"
     synth.run(SynthConfig(out=str(c), train=3, val=2, seed=12))
     assert _digest(c)["JPEGImages/train_00000.jpg"] != da["JPEGImages/train_00000.jpg"]
+
+
+# -- the second family: "clutter" --------------------------------------------------------------
+CLUTTER = [make_clutter_sample(seed=3, split="train", index=i) for i in range(40)]
+
+
+def test_clutter_sizes_are_small_and_large_and_not_square():
+    long_sides = [max(s.label.shape) for s in CLUTTER]
+    assert 96 <= min(long_sides) and max(long_sides) <= 640
+    assert min(long_sides) < 150 and max(long_sides) > 400  # both ends of the range occur
+    assert sum(s.label.shape[0] != s.label.shape[1] for s in CLUTTER) >= 35
+    assert any(s.label.shape[0] > s.label.shape[1] for s in CLUTTER)  # portrait ones too
+
+
+def test_clutter_objects_cues_and_instances():
+    thin = several_of_a_class = 0
+    for s in CLUTTER:
+        assert 1 <= len(s.object_classes) <= 3
+        union = np.zeros(s.label.shape, bool)
+        for c, mask, cue in zip(s.object_classes, s.object_masks, s.cue_masks):
+            assert not (union & mask).any()
+            union |= mask
+            assert (s.label[mask] == c + 1).all() and not (cue & ~mask).any()
+            assert 0.25 <= cue.sum() / mask.sum() <= 0.70  # class evidence on part of the object only
+            ys, xs = np.nonzero(mask)
+            cov = np.cov(np.stack([ys, xs]).astype(float))
+            eig = np.sqrt(np.linalg.eigvalsh(cov))
+            thin += eig[1] > 3 * eig[0]  # elongated: a bar
+        several_of_a_class += len(set(s.object_classes)) < len(s.object_classes)
+        assert ((s.label > 0) == union).all()
+    assert thin >= 5 and several_of_a_class >= 3
+
+
+def test_clutter_background_is_cluttered_with_cue_like_distractors():
+    """The background is far from plain, and it holds patches that look like a class's cue
+    (its hue, or its texture in grey) which the ground truth marks background."""
+    kinds = set()
+    spread = [s.image.astype(np.float64)[s.label == 0].std(axis=0).mean() for s in CLUTTER]
+    plain = [make_sample(seed=3, split="train", index=i) for i in range(len(CLUTTER))]
+    plain_spread = [s.image.astype(np.float64)[s.label == 0].std(axis=0).mean() for s in plain]
+    assert np.median(spread) > np.median(plain_spread) + 3  # busier than the first family's
+    for s in CLUTTER:
+        img = s.image.astype(np.float64)
+        for c, kind, mask in s.distractors:
+            kinds.add(kind)
+            visible = mask & (s.label == 0)
+            assert (s.label[mask & ~visible] != 0).all()  # only an object drawn over it hides it
+            if kind == "color" and visible.sum() > 50:
+                hue = colorsys.rgb_to_hsv(*img[visible].mean(0) / 255)[0]
+                cue_hue = colorsys.rgb_to_hsv(*clutter_cue_color(c) / 255)[0]
+                assert min(abs(hue - cue_hue), 1 - abs(hue - cue_hue)) < 0.07  # the cue's hue, within 25 degrees
+    assert kinds == {"color", "texture"}
+    assert sum(bool(s.distractors) for s in CLUTTER) >= 20
+
+
+def test_clutter_family_through_the_command(tmp_path):
+    summary = synth.run(SynthConfig(out=str(tmp_path), train=4, val=2, seed=1, family="clutter"))
+    ds = VOCDataset(tmp_path)
+    assert summary["family"] == "clutter" and ds.classes == clutter_class_names(6)
+    for name in ds.split("train") + ds.split("val"):
+        present = sorted(set(np.unique(ds.load_gt(name)).tolist()) - {0})
+        assert (np.flatnonzero(ds.image_labels(name)) + 1).tolist() == present
+    again = tmp_path / "again"
+    synth.run(SynthConfig(out=str(again), train=4, val=2, seed=1, family="clutter"))
+    assert _digest(again) == {k: v for k, v in _digest(tmp_path).items() if not k.startswith("again/")}

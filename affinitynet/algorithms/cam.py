@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from affinitynet.algorithms.metrics import mean_iou
+from affinitynet.algorithms.resize import resize_image
 
 # Background thresholds swept by default when choosing the CAM background score.
 SWEEP_THRESHOLDS: np.ndarray = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -39,17 +39,6 @@ def background_score(cam_maps: np.ndarray | torch.Tensor, alpha: float) -> np.nd
     if cam_maps.shape[0] == 0:
         return np.ones(cam_maps.shape[1:], dtype=cam_maps.dtype)
     return np.power(1 - np.max(cam_maps, axis=0), alpha)
-
-
-def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
-    """Resize an HxWx3 uint8 RGB image by ``scale`` with Pillow bicubic.
-
-    The target size is (round(W*s), round(H*s)) with Python's round, as PSA's multi-scale dataset.
-    Returns a new uint8 array of shape (round(H*s), round(W*s), 3).
-    """
-    height, width = image.shape[:2]
-    size = (round(width * scale), round(height * scale))
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, resample=Image.BICUBIC))
 
 
 def multiscale_cam(

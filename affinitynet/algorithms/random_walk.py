@@ -98,6 +98,14 @@ def random_walk(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int,
     process shares the cores (measured 100x slower on 2 busy cores): callers that walk many
     images run it with one torch thread and parallelise over images instead.
     """
+    return random_walk_steps(cams, aff, height, width, beta, (logt,), radius)[logt]
+
+
+def random_walk_steps(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int, beta: float,
+                      logts: tuple[int, ...], radius: int) -> dict[int, torch.Tensor]:
+    """``random_walk`` for several ``logts`` at once: one walk of 2^max(logts) steps that keeps
+    the scores after 2^logt steps for each -> {logt: (K, h, w)}. The walk is linear, so every
+    channel (e.g. several background powers) walks independently of the others."""
     if aff.dim() == 3:
         aff = aff[0]
     if cams.shape[-2:] != (height, width):
@@ -105,9 +113,33 @@ def random_walk(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int,
     trans_t = transition_csr(aff, height, width, beta, radius)
     scores = cams.reshape(cams.shape[0], -1).to(device=aff.device, dtype=aff.dtype)
     scores = scores.T.contiguous()  # (n, K): T^T @ s^T is (s @ T)^T
-    for _ in range(2 ** logt):
+    kept = {0: scores} if 0 in logts else {}
+    for step in range(1, 2 ** max(logts) + 1):
         scores = trans_t @ scores
-    return scores.T.reshape(cams.shape[0], height, width)
+        if step & (step - 1) == 0 and step.bit_length() - 1 in logts:  # step = 2^logt
+            kept[step.bit_length() - 1] = scores
+    return {logt: kept[logt].T.reshape(cams.shape[0], height, width) for logt in logts}
+
+
+def cam_grid(maps: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) score maps at image size -> (K, h, w) on the stride-8 grid: zero-padded to
+    multiples of 8 at the bottom/right, averaged over 8x8 blocks (as the original)."""
+    height, width = maps.shape[-2:]
+    maps = F.pad(maps, (0, -width % STRIDE, 0, -height % STRIDE))
+    return F.avg_pool2d(maps[None], STRIDE, STRIDE)[0]
+
+
+def label_from_scores(scores: torch.Tensor, keys: torch.Tensor, image_hw: tuple[int, int]) -> np.ndarray:
+    """Walked scores (K+1, h, w) of [background, the classes ``keys`` ascending] -> (H, W) uint8
+    label: upsampled bilinearly to the padded size, argmax, cropped to the image, looked up."""
+    height, width = image_hw
+    h, w = scores.shape[-2:]
+    up = F.interpolate(scores[None], size=(h * STRIDE, w * STRIDE), mode="bilinear", align_corners=False)[0]
+    # argmax over [bg, present keys ascending] picks the same as over all 21 channels: absent
+    # channels are exactly 0 and scores are >= 0, so ties resolve to the lower index either way
+    pick = up.argmax(dim=0)[:height, :width].cpu()
+    lookup = torch.cat([torch.zeros(1, dtype=torch.int64), keys.cpu() + 1])
+    return lookup[pick].numpy().astype(np.uint8)
 
 
 def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torch.Tensor,
@@ -137,10 +169,7 @@ def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torc
     # ascending keys keep argmax ties resolving to the lower class index, as over 21 channels
     keys, order = torch.sort(keys)
     maps = maps[order.to(maps.device)]
-    maps = torch.cat([background_score(maps, alpha)[None], maps], dim=0)  # (K+1, H, W)
-    pad_h, pad_w = -height % STRIDE, -width % STRIDE
-    maps = F.pad(maps, (0, pad_w, 0, pad_h))
-    grid = F.avg_pool2d(maps[None], STRIDE, STRIDE)[0]                     # (K+1, h, w)
+    grid = cam_grid(torch.cat([background_score(maps, alpha)[None], maps], dim=0))  # (K+1, h, w)
     h, w = grid.shape[-2:]
     if method == "sparse":
         scores = random_walk(grid, aff, h, w, beta, logt, radius)
@@ -150,13 +179,7 @@ def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torc
         scores = scores.reshape(-1, h, w)
     else:
         raise ValueError(f"unknown random walk method {method!r} (sparse or dense)")
-    up = F.interpolate(scores[None], size=(h * STRIDE, w * STRIDE), mode="bilinear",
-                       align_corners=False)[0]
-    # argmax over [bg, present keys ascending] picks the same as over all 21 channels: absent
-    # channels are exactly 0 and scores are >= 0, so ties resolve to the lower index either way
-    pick = up.argmax(dim=0)[:height, :width].cpu()
-    lookup = torch.cat([torch.zeros(1, dtype=torch.int64), keys + 1])
-    label = lookup[pick].numpy().astype(np.uint8)
+    label = label_from_scores(scores, keys, image_hw)
     full = scores.new_zeros(num_classes + 1, h, w)
     full[0] = scores[0]
     full[keys.to(scores.device) + 1] = scores[1:]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affinitynet.algorithms.cam import resize_image
+from affinitynet.algorithms.resize import resize_image
 
 
 def multiscale_probabilities(

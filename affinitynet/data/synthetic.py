@@ -27,6 +27,7 @@ from __future__ import annotations
 import colorsys
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,8 @@ class SyntheticSample:
     object_masks: list[np.ndarray] = field(default_factory=list)  # (H, W) bool per object
     cue_masks: list[np.ndarray] = field(default_factory=list)  # (H, W) bool per object, within it
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # x0, y0, x1, y1 inclusive
+    # background patches that resemble class c's cue: (c, "color" | "texture", (H, W) bool)
+    distractors: list[tuple[int, str, np.ndarray]] = field(default_factory=list)
 
 
 def _side(rng: np.random.Generator) -> int:
@@ -157,11 +160,15 @@ def _pattern(c: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> 
     return np.sin(2 * np.pi * x / period + 2.5 * np.sin(2 * np.pi * y / (3 * period))) > 0  # waves
 
 
+def split_id(split: str) -> int:
+    """The number of a split in the generators' seeds (train 0, val 1, others from the name)."""
+    return _SPLIT_IDS.get(split, 2 + sum(split.encode()))
+
+
 def make_sample(seed: int, split: str, index: int, num_classes: int = 5,
                 max_objects: int = MAX_OBJECTS, cue_fraction: tuple[float, float] = CUE_FRACTION) -> SyntheticSample:
     """Render image ``index`` of ``split`` for ``seed`` (pure function of its arguments)."""
-    split_id = _SPLIT_IDS.get(split, 2 + sum(split.encode()))
-    rng = np.random.default_rng([int(seed), split_id, int(index)])
+    rng = np.random.default_rng([int(seed), split_id(split), int(index)])
     height, width = _side(rng), _side(rng)
     img = _background(rng, height, width)
     label = np.zeros((height, width), dtype=np.uint8)
@@ -246,27 +253,52 @@ def _annotation_xml(name: str, sample: SyntheticSample, classes: list[str]) -> s
             f"\t\t<depth>3</depth>\n\t</size>\n\t<segmented>1</segmented>\n{objs}</annotation>\n")
 
 
-def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int = 0,
-             num_classes: int = 5, max_objects: int = MAX_OBJECTS,
-             cue_fraction: tuple[float, float] = CUE_FRACTION) -> dict:
-    """Write the synthetic dataset in VOC layout under ``out``; return a summary dict.
+def _rescaled(s: SyntheticSample, scale: float) -> SyntheticSample:
+    """``s`` with its image, label map and boxes resized by ``scale`` (the masks are dropped)."""
+    if scale == 1.0:
+        return s
+    height, width = s.label.shape
+    size = (max(8, round(width * scale)), max(8, round(height * scale)))
+    boxes = [tuple(int(v * scale) for v in box) for box in s.boxes]
+    return SyntheticSample(image=np.asarray(Image.fromarray(s.image).resize(size, Image.BICUBIC)),
+                           label=np.asarray(Image.fromarray(s.label).resize(size, Image.NEAREST)),
+                           object_classes=s.object_classes, boxes=boxes)
+
+
+def families() -> dict[str, tuple[Callable[..., SyntheticSample], Callable[[int], list[str]], int]]:
+    """Family name -> (sample function, class names function, default class count)."""
+    from affinitynet.data.synthetic_clutter import clutter_class_names, make_clutter_sample  # builds on this module
+
+    return {"shapes": (make_sample, class_names, 5), "clutter": (make_clutter_sample, clutter_class_names, 6)}
+
+
+def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int = 0, family: str = "shapes",
+             num_classes: int | None = None, scale: float = 1.0, **sample_kw) -> dict:
+    """Write a synthetic dataset of ``family`` ("shapes": this module; "clutter":
+    ``synthetic_clutter``) in VOC layout under ``out``; return a summary dict. ``scale`` resizes
+    every rendered image (bicubic) and its ground truth (nearest), e.g. 0.55 for images of
+    110-176 px; ``sample_kw`` go to the family's sample function (e.g. ``max_objects``).
 
     Writes ``JPEGImages/*.jpg`` (quality 95), ``Annotations/*.xml``, ``SegmentationClass/*.png``
     (VOC palette), ``ImageSets/Segmentation/{train,val,train_aug}.txt`` (``train_aug`` = ``train``
     so the pipeline's VOC defaults apply) and ``classes.txt``. Image names: ``train_00000``,
     ``val_00000``, ...
     """
+    if family not in families():
+        raise ValueError(f"unknown synthetic family {family!r}; choose one of {', '.join(families())}")
+    make, names_of, default_classes = families()[family]
+    num_classes = default_classes if num_classes is None else num_classes
     if num_classes < 1 or num_classes > 254:
         raise ValueError(f"num_classes must be in 1..254, got {num_classes}")
-    if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    if sample_kw.get("max_objects", 1) < 1:
+        raise ValueError(f"max_objects must be >= 1, got {sample_kw['max_objects']}")
     start = time.perf_counter()
     root = Path(out)
     dirs = {k: root / k for k in ("JPEGImages", "Annotations", "SegmentationClass")}
     sets = root / "ImageSets" / "Segmentation"
     for d in (*dirs.values(), sets):
         d.mkdir(parents=True, exist_ok=True)
-    classes = class_names(num_classes)
+    classes = names_of(num_classes)
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
     per_class = [0] * num_classes
     n_objects = 0
@@ -276,7 +308,7 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int = 0,
         names = []
         for i in range(int(count)):
             name = f"{split}_{i:05d}"
-            s = make_sample(seed, split, i, num_classes, max_objects, cue_fraction)
+            s = _rescaled(make(seed, split, i, num_classes, **sample_kw), scale)
             Image.fromarray(s.image).save(dirs["JPEGImages"] / f"{name}.jpg", format="JPEG", quality=95)
             save_label_png(dirs["SegmentationClass"] / f"{name}.png", s.label)
             (dirs["Annotations"] / f"{name}.xml").write_text(_annotation_xml(name, s, classes), encoding="utf-8")
@@ -291,6 +323,7 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int = 0,
         (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     return {
         "root": str(root),
+        "family": family,
         "classes": classes,
         "train": len(lists["train"]),
         "val": len(lists["val"]),

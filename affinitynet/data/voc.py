@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from affinitynet.conventions import IGNORE_INDEX
@@ -173,6 +174,15 @@ class VOCDataset:
     def load_image(self, name: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB image."""
         return load_rgb(self.image_path(name))
+
+    def image_long_side(self, name: str) -> int:
+        """The longer side of image ``name`` in px, from its header (no decoding); 0 when the
+        file cannot be read (the stage that decodes it names the problem)."""
+        try:
+            with Image.open(self.image_path(name)) as img:
+                return max(img.size)
+        except (OSError, InputError):
+            return 0
 
     # -- image-level labels ---------------------------------------------------------------------
     def _names_to_vector(self, names: Sequence[str], image: str, source: Path) -> np.ndarray:

@@ -21,9 +21,11 @@ from tqdm import tqdm
 from affinitynet import artifacts, distributed
 from affinitynet.algorithms.crf import confident_labels, crf_with_background
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import infer_names, open_dataset, todo
+from affinitynet.algorithms.resize import resize_image, resize_label, resize_maps
+from affinitynet.common import announce_sizes, infer_names, open_dataset, report, todo, working_scale
 from affinitynet.config import AffLabelsConfig, RunConfig
 from affinitynet.data.images import save_label_png
+from affinitynet.diagnostics import confident_regions, confident_warnings
 from affinitynet.evaluation import confident_label_scores, names_with_gt
 
 
@@ -52,7 +54,11 @@ class LabelJob:
         wd = WorkDir(self.cfg.workdir)
         image = voc.load_image(name)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        save_label_png(wd.png(wd.aff_labels, name), confident_label_map(image, keys, maps, self.cfg.aff_labels))
+        # the CRF's kernels are in pixels: it runs at the working size, the labels come back
+        factor = working_scale(self.cfg.dataset.long_side, image.shape[:2])
+        work = resize_image(image, factor) if factor != 1 else image
+        label = confident_label_map(work, keys, resize_maps(maps, work.shape[:2]), self.cfg.aff_labels)
+        save_label_png(wd.png(wd.aff_labels, name), resize_label(label, image.shape[:2]))
         return name
 
 
@@ -72,7 +78,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     wd = WorkDir(cfg.workdir)
     distributed.setup(cfg.device)
     voc = open_dataset(cfg)
-    pending = todo(infer_names(cfg, voc), lambda n: wd.png(wd.aff_labels, n), [wd.aff_labels])
+    names = infer_names(cfg, voc)
+    announce_sizes(cfg, voc, names, "make-aff-labels", "the dense CRF runs at that size")
+    pending = todo(names, lambda n: wd.png(wd.aff_labels, n), [wd.aff_labels])
     processes = min(process_count(cfg.aff_labels.processes), max(1, len(pending)))
     label_one = LabelJob(cfg)
     t0 = time.time()
@@ -95,4 +103,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if distributed.current().is_main:
         result.update(confident_label_scores(wd.aff_labels, voc, names_with_gt(voc, cfg.dataset.eval_split),
                                              cam_pred_dir=wd.cam_pred))
+        diag = confident_regions(wd.aff_labels, names, voc.classes)
+        result.update(diagnostics=diag, warnings=confident_warnings(diag))
+        report("make-aff-labels", f"confident background {diag['background']['mean']:.0f} %, objects "
+               f"{diag['objects']['mean']:.0f} %, unsure {diag['unsure']['mean']:.0f} % of the pixels on average",
+               result["warnings"])
     return result

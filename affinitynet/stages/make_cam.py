@@ -16,11 +16,13 @@ import torch
 from affinitynet import artifacts, distributed
 from affinitynet.algorithms.cam import cam_prediction, multiscale_cam
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import for_each_image, image_to, inference_net, infer_names, load_trained, open_dataset
+from affinitynet.common import (announce_sizes, dataset_profile, for_each_image, image_to, inference_net, infer_names,
+                                load_trained, open_dataset, report, working_scale)
 from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.data.transforms import normalize
 from affinitynet.errors import InputError
+from affinitynet.diagnostics import MOSTLY, cam_coverage, cam_warnings, scale_hint
 from affinitynet.evaluation import cam_threshold_sweep, evaluate_folder, names_with_gt
 from affinitynet.models import build_classifier
 
@@ -66,19 +68,30 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if label.sum() == 0:
             raise InputError(f"{voc.image_path(name)}: image '{name}' has no class label, so it has no "
                              "CAM to infer (label it or remove it from the inference splits)")
-        keys, maps = multiscale_cam(cam_fn, image, label, norm, scales=mc.scales, flip=mc.flip,
-                                    batch_flip=batch_flip_on(device), device=device)
+        factor = working_scale(cfg.dataset.long_side, image.shape[:2])
+        keys, maps = multiscale_cam(cam_fn, image, label, norm, scales=[s * factor for s in mc.scales],
+                                    flip=mc.flip, batch_flip=batch_flip_on(device), device=device)
         if mc.save_pred:
             save_label_png(wd.png(wd.cam_pred, name), cam_prediction(keys, maps, mc.bg_score, image.shape[:2]))
         # the CAM file is written last: its presence marks the image as done
         artifacts.save_cam(wd.cam_file(name), keys, maps, voc.num_classes)
 
-    result = for_each_image(voc, infer_names(cfg, voc), wd.cam_file, [wd.cam, wd.cam_pred], one_image,
+    names = infer_names(cfg, voc)
+    announce_sizes(cfg, voc, names, "make-cam", f"CAMs at scales {', '.join(map(str, mc.scales))} of that size")
+    result = for_each_image(voc, names, wd.cam_file, [wd.cam, wd.cam_pred], one_image,
                             num_workers=mc.num_workers, desc="make-cam")
     if distributed.current().is_main:
-        names = names_with_gt(voc, cfg.dataset.eval_split)
-        if names and mc.save_pred:
-            result.update(evaluate_folder(wd.cam_pred, voc, names))
-        if names and mc.sweep:
-            result.update(cam_threshold_sweep(wd.cam_file, voc, names))
+        scored = names_with_gt(voc, cfg.dataset.eval_split)
+        if scored and mc.save_pred:
+            result.update(evaluate_folder(wd.cam_pred, voc, scored))
+        if scored and mc.sweep:
+            result.update(cam_threshold_sweep(wd.cam_file, voc, scored))
+        diag = cam_coverage(wd.cam_file, voc, names, mc.bg_score)
+        sweep = ({"best_threshold": result["best_threshold"], "best_miou": result["best_miou"],
+                  "miou_at_bg_score": result.get("miou", result["best_miou"])} if "best_threshold" in result else None)
+        hint = scale_hint(cfg.dataset.long_side, dataset_profile(voc, names), cfg.train_cam.resize_long)
+        result.update(diagnostics=diag, warnings=cam_warnings(diag, hint, sweep, mc.bg_score))
+        report("make-cam", f"CAM coverage {diag['coverage']['mean']:.0f} % of the image on average "
+               f"(median {diag['coverage']['median']:.0f} %; {diag['images_mostly_covered']:.0f} % of images "
+               f"over {MOSTLY:.0f} %)", result["warnings"])
     return result

@@ -12,30 +12,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from affinitynet import artifacts, distributed
 from affinitynet.algorithms.random_walk import propagate_cams
+from affinitynet.algorithms.resize import resize_image, resize_label, resize_maps
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import (backbone_of, for_each_image, image_to, inference_net, infer_names, load_trained,
-                                open_dataset, torch_threads)
+from affinitynet.common import (announce_sizes, backbone_of, check_image_size, for_each_image, image_affinity,
+                                inference_net, infer_names, load_trained, open_dataset, report, torch_threads,
+                                working_scale)
 from affinitynet.config import RunConfig
 from affinitynet.conventions import STRIDE
 from affinitynet.data.images import save_label_png
-from affinitynet.data.transforms import normalize
+from affinitynet.diagnostics import walk_growth, walk_warnings
 from affinitynet.evaluation import evaluate_folder, names_with_gt
 from affinitynet.models import build_affinity_net
-
-
-@torch.inference_mode()
-def image_affinity(net: torch.nn.Module, image: np.ndarray, radius: int, device: torch.device,
-                   channels_last: bool = False) -> torch.Tensor:
-    """(n_offsets, n_from) affinities of an (H, W, 3) uint8 image on its padded stride-8 grid.
-    ``channels_last``: NHWC input, for a network converted with ``net.to(memory_format=...)``."""
-    x = normalize(image, net.normalization)[None]
-    height, width = image.shape[:2]
-    x = F.pad(x, (0, -width % STRIDE, 0, -height % STRIDE))  # zero padding, as the original
-    return net.affinity(image_to(x, device, channels_last), radius).float()[0]
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -46,23 +36,36 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     net = load_trained(build_affinity_net(backbone_of(cfg, cfg.train_aff)), wd.affinity.final, "AffinityNet")
     inference_net(net, device, rc.channels_last)
 
-    def one_image(name: str, image: np.ndarray, label: np.ndarray) -> None:
-        keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        aff = image_affinity(net, image, rc.radius, device, rc.channels_last)
-        # 256 short sparse products: one thread, as the cores serve the loader workers too
-        with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
-            label, _ = propagate_cams(keys, maps, aff, image.shape[:2], alpha=rc.alpha, beta=rc.beta,
-                                      logt=rc.logt, radius=rc.radius, num_classes=voc.num_classes,
-                                      method=rc.method)
-        save_label_png(wd.png(wd.pseudo_labels, name), label)
-
     # the image's stride-8 grid must hold one pair of every offset (pairs.from_region)
     min_size = (STRIDE * (rc.radius - 1) + 1, STRIDE * (2 * rc.radius - 2) + 1)
-    result = for_each_image(voc, infer_names(cfg, voc), lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels],
-                            one_image, num_workers=2, desc="random-walk", min_size=min_size,
-                            why=f"the random walk with radius {rc.radius}")
+
+    def one_image(name: str, image: np.ndarray, label: np.ndarray) -> None:
+        keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
+        # AffinityNet and the walk run at the working size; the label comes back to the image's
+        factor = working_scale(cfg.dataset.long_side, image.shape[:2])
+        work = resize_image(image, factor) if factor != 1 else image
+        check_image_size(voc, name, work.shape[:2], min_size, f"the random walk with radius {rc.radius}",
+                         hint=f"at its working size (dataset.long_side {cfg.dataset.long_side})" if factor != 1
+                         else "set dataset.long_side to work at a larger size")
+        aff = image_affinity(net, work, rc.radius, device, rc.channels_last)
+        # 256 short sparse products: one thread, as the cores serve the loader workers too
+        with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
+            label, _ = propagate_cams(keys, resize_maps(maps, work.shape[:2]), aff, work.shape[:2], alpha=rc.alpha,
+                                      beta=rc.beta, logt=rc.logt, radius=rc.radius, num_classes=voc.num_classes,
+                                      method=rc.method)
+        save_label_png(wd.png(wd.pseudo_labels, name), resize_label(label, image.shape[:2]))
+
+    names = infer_names(cfg, voc)
+    announce_sizes(cfg, voc, names, "random-walk", "AffinityNet and the walk run at that size")
+    result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels], one_image,
+                            num_workers=2, desc="random-walk")
     if distributed.current().is_main:
-        names = names_with_gt(voc, cfg.dataset.eval_split)
-        if names:
-            result.update(evaluate_folder(wd.pseudo_labels, voc, names))
+        scored = names_with_gt(voc, cfg.dataset.eval_split)
+        if scored:
+            result.update(evaluate_folder(wd.pseudo_labels, voc, scored))
+        diag = walk_growth(wd.pseudo_labels, wd.cam_pred, names, voc.classes)
+        result.update(diagnostics=diag, warnings=walk_warnings(diag))
+        report("random-walk", f"foreground {diag['coverage_before']['mean']:.0f} % of the image before the walk "
+               f"(CAM prediction), {diag['coverage_after']['mean']:.0f} % after; {diag['images_flooded']:.0f} % of "
+               "images flooded by one class", result["warnings"])
     return result

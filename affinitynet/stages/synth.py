@@ -11,7 +11,7 @@ def run(cfg: SynthConfig) -> dict:
     """Generate ``cfg.train`` + ``cfg.val`` images under ``cfg.out``; return the summary dict."""
     if not cfg.out:
         raise InputError("synth: no output folder given")
-    summary = generate(cfg.out, cfg.train, cfg.val, cfg.seed)
-    print(f"synthetic dataset: {summary['train']} train + {summary['val']} val images, "
+    summary = generate(cfg.out, cfg.train, cfg.val, cfg.seed, family=cfg.family, scale=cfg.scale)
+    print(f"synthetic dataset ({summary['family']}): {summary['train']} train + {summary['val']} val images, "
           f"{len(summary['classes'])} classes ({', '.join(summary['classes'])}) in {summary['root']}")
     return summary

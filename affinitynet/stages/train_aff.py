@@ -17,7 +17,7 @@ import torch
 from affinitynet import distributed, training
 from affinitynet.algorithms.affinity import affinity_from_features, affinity_labels, affinity_loss
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import backbone_of, infer_names, initial_weights, open_dataset
+from affinitynet.common import announce_training_sizes, backbone_of, infer_names, initial_weights, open_dataset
 from affinitynet.config import RunConfig
 from affinitynet.data.transforms import AffinityTransform
 from affinitynet.data.voc import LabelMapDataset
@@ -49,5 +49,6 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     labelled = set(infer_names(cfg, voc))  # the images make-aff-labels labelled
     names = [n for n in voc.split(cfg.dataset.train_split) if n in labelled]
     train_set = LabelMapDataset(voc, names, wd.aff_labels, transform)
+    announce_training_sizes(cfg, voc, names, "train-aff", ta)
     return training.fit(net, partial(affinity_net_loss, radius=ta.radius), train_set, None, ta, wd.affinity,
                         device, resume=resume, config=cfg, desc="train-aff")

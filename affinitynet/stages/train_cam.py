@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from affinitynet import distributed, training
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import initial_weights, open_dataset
+from affinitynet.common import announce_training_sizes, initial_weights, open_dataset
 from affinitynet.config import RunConfig
 from affinitynet.data.transforms import ClassificationTransform, ResizePadTransform
 from affinitynet.data.voc import ClassificationDataset
@@ -38,7 +38,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     training.seed_everything(tc.seed)  # the head's initial weights depend on the seed only
     net = initial_weights(build_classifier(tc.backbone, voc.num_classes), cfg, tc)
     transform = ClassificationTransform(tc.crop, tc.resize_long, tc.color_jitter, net.normalization)
-    train_set = ClassificationDataset(voc, voc.split(cfg.dataset.train_split), transform)
+    names = voc.split(cfg.dataset.train_split)
+    train_set = ClassificationDataset(voc, names, transform)
+    announce_training_sizes(cfg, voc, names, "train-cam", tc)
     val_set = None
     if voc.has_split(cfg.dataset.val_split):  # validation loss of the whole images, resized
         val_set = ClassificationDataset(voc, voc.split(cfg.dataset.val_split),

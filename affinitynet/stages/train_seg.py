@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from affinitynet import distributed, training
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import backbone_of, initial_weights, open_dataset
+from affinitynet.common import announce_training_sizes, backbone_of, initial_weights, open_dataset
 from affinitynet.config import RunConfig
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.transforms import ResizePadJointTransform, SegmentationTransform
@@ -53,7 +53,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     training.seed_everything(ts.seed)  # the head's initial weights depend on the seed only
     net = initial_weights(build_segmentation_net(backbone_of(cfg, ts), voc.num_classes), cfg, ts)
     transform = SegmentationTransform(ts.crop, ts.resize_long, ts.color_jitter, net.normalization)
-    train_set = LabelMapDataset(voc, voc.split(cfg.dataset.train_split), labels, transform)
+    names = voc.split(cfg.dataset.train_split)
+    train_set = LabelMapDataset(voc, names, labels, transform)
+    announce_training_sizes(cfg, voc, names, "train-seg", ts)
     val_set = None  # validation loss against the ground truth, when the val split has it
     if voc.has_split(cfg.dataset.val_split):
         val_set = GroundTruthDataset(voc, voc.split(cfg.dataset.val_split),

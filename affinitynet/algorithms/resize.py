@@ -1,0 +1,39 @@
+"""Resizing images, score maps and label maps between an image's native size and the size a
+stage works at (``dataset.long_side``) or a CAM scale. Sizes are (round(W*s), round(H*s)) with
+Python's round, as PSA's multi-scale inference."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def scaled_size(image_hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) of an image of ``image_hw`` resized by ``scale``, each side at least 1 px."""
+    height, width = image_hw
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image resized by ``scale`` with Pillow bicubic (PSA's filter)."""
+    height, width = scaled_size(image.shape[:2], scale)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), resample=Image.BICUBIC))
+
+
+def resize_maps(maps: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """(K, H, W) float score maps resized bilinearly to ``size_hw`` (Pillow, no torch: the CRF
+    calls this in forked worker processes, where torch's thread pool must not be touched)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[1:] == tuple(size_hw):
+        return maps
+    height, width = size_hw
+    return np.stack([np.asarray(Image.fromarray(m, mode="F").resize((width, height), resample=Image.BILINEAR))
+                     for m in maps]) if len(maps) else np.zeros((0, height, width), np.float32)
+
+
+def resize_label(label: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """An (H, W) uint8 label map resized to ``size_hw`` by nearest neighbour (labels stay labels)."""
+    if label.shape == tuple(size_hw):
+        return label
+    height, width = size_hw
+    return np.asarray(Image.fromarray(np.ascontiguousarray(label)).resize((width, height), resample=Image.NEAREST))

@@ -1,0 +1,179 @@
+"""Signs that the pseudo labels will be bad, readable without ground truth.
+
+Three measurements on (a sample of) the images a run labels, each with a warning when it looks
+like a failure, the likely cause and the setting to try:
+
+- **CAM coverage**: the share of an image whose CAM prediction is foreground (its maximum CAM
+  above ``make_cam.bg_score``), per image and per class. CAMs of a working classifier cover
+  the discriminative parts of the objects; covering most of the image means they do not
+  localise (often: training and inference see objects at different scales).
+- **Confident regions**: the shares of confident background, confident objects and unsure
+  pixels of make-aff-labels. Without confident background AffinityNet learns no object
+  boundary.
+- **The random walk's growth**: a class's pseudo-label share against its CAM prediction's. A
+  walk that grows a class over most of an image floods it (weak boundaries, too weak a
+  background).
+
+Where the evaluation split has ground truth, the CAM warning also names the best background
+threshold of the sweep and its gain. Percentages throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from affinitynet import artifacts
+from affinitynet.conventions import IGNORE_INDEX
+from affinitynet.data.images import load_label_png
+from affinitynet.data.voc import VOCDataset
+
+SAMPLE = 500  # images measured at most (evenly spread over the list)
+MOSTLY = 80.0  # % of an image: "most of the image"
+CAM_COVERAGE_HIGH = 50.0  # mean CAM coverage (%) above which CAMs do not localise
+MOSTLY_COVERED_IMAGES = 25.0  # % of images covered mostly by their CAM
+BACKGROUND_LOW = 10.0  # mean confident background (%) below which it is "nearly absent"
+NO_BACKGROUND = 2.0  # % of an image: an image without confident background
+NO_BACKGROUND_IMAGES = 25.0  # % of images without confident background
+FLOODED_IMAGES = 20.0  # % of images the walk floods
+
+
+def sample_names(names: Sequence[str], count: int = SAMPLE) -> list[str]:
+    """At most ``count`` of ``names``, evenly spread (deterministic)."""
+    names = list(names)
+    if len(names) <= count:
+        return names
+    return [names[i] for i in np.linspace(0, len(names) - 1, count).round().astype(int)]
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"mean": float("nan"), "p10": float("nan"), "median": float("nan"), "p90": float("nan")}
+    return {"mean": float(v.mean()), "p10": float(np.percentile(v, 10)), "median": float(np.median(v)),
+            "p90": float(np.percentile(v, 90))}
+
+
+def cam_coverage(cam_file: Callable[[str], Path], voc: VOCDataset, names: Sequence[str],
+                 bg_score: float) -> dict[str, Any]:
+    """CAM coverage (% of the image above ``bg_score``) per image and per class."""
+    per_image: dict[str, float] = {}
+    per_class: dict[str, list[float]] = {c: [] for c in voc.classes}
+    for name in sample_names(names):
+        keys, maps = artifacts.load_cam(cam_file(name))
+        if len(keys) == 0:
+            per_image[name] = 0.0
+            continue
+        per_image[name] = 100.0 * float((maps.max(0) > bg_score).mean())
+        for k, m in zip(keys, maps):
+            per_class[voc.classes[k]].append(100.0 * float((m > bg_score).mean()))
+    values = list(per_image.values())
+    return {"coverage": _summary(values),
+            "images_mostly_covered": 100.0 * float(np.mean([v > MOSTLY for v in values])) if values else 0.0,
+            "coverage_per_class": {c: float(np.mean(v)) if v else None for c, v in per_class.items()},
+            "per_image": per_image}
+
+
+def confident_regions(label_dir: Path, names: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """Shares (%) of confident background, confident objects (per class) and unsure pixels."""
+    background, objects, unsure = [], [], []
+    per_class: dict[str, list[float]] = {c: [] for c in classes}
+    per_image: dict[str, float] = {}
+    for name in sample_names(names):
+        label = load_label_png(label_dir / f"{name}.png")
+        bg = 100.0 * float((label == 0).mean())
+        background.append(bg)
+        per_image[name] = bg
+        unsure.append(100.0 * float((label == IGNORE_INDEX).mean()))
+        fg = (label != 0) & (label != IGNORE_INDEX)
+        objects.append(100.0 * float(fg.mean()))
+        for value in np.unique(label[fg]):
+            per_class[classes[int(value) - 1]].append(100.0 * float((label == value).mean()))
+    return {"background": _summary(background), "objects": _summary(objects), "unsure": _summary(unsure),
+            "images_without_background": 100.0 * float(np.mean([b < NO_BACKGROUND for b in background]))
+            if background else 0.0,
+            "objects_per_class": {c: float(np.mean(v)) if v else None for c, v in per_class.items()},
+            "background_per_image": per_image}
+
+
+def walk_growth(pseudo_dir: Path, cam_pred_dir: Path, names: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
+    """How the random walk changed each class's share of its images (%), against the CAM
+    prediction; an image is flooded when one class covers most of it after the walk but not
+    before."""
+    before_all, after_all, flooded = [], [], []
+    growth: dict[str, list[float]] = {c: [] for c in classes}
+    for name in sample_names(names):
+        after = load_label_png(pseudo_dir / f"{name}.png")
+        before_path = cam_pred_dir / f"{name}.png"
+        before = load_label_png(before_path) if before_path.exists() else None
+        after_fg = 100.0 * float(((after != 0) & (after != IGNORE_INDEX)).mean())
+        after_all.append(after_fg)
+        flood = False
+        for value in np.unique(after[(after != 0) & (after != IGNORE_INDEX)]):
+            share_after = 100.0 * float((after == value).mean())
+            share_before = 100.0 * float((before == value).mean()) if before is not None else float("nan")
+            growth[classes[int(value) - 1]].append(share_after - share_before)
+            flood |= share_after > MOSTLY and not share_before > MOSTLY / 2
+        if before is not None:
+            before_all.append(100.0 * float(((before != 0) & (before != IGNORE_INDEX)).mean()))
+        flooded.append(flood)
+    return {"coverage_before": _summary(before_all), "coverage_after": _summary(after_all),
+            "images_flooded": 100.0 * float(np.mean(flooded)) if flooded else 0.0,
+            "growth_per_class": {c: float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else None
+                                 for c, v in growth.items()}}
+
+
+# -- warnings ------------------------------------------------------------------------------------
+def cam_warnings(diag: dict[str, Any], scale_hint: str, sweep: dict[str, Any] | None, bg_score: float) -> list[str]:
+    """The scale warning (images far from the size the classifier trained at) and the CAM
+    coverage warning, with the likely causes and the settings to try."""
+    warnings = [f"{scale_hint} (inference now sees objects at another scale than training did)"] if scale_hint else []
+    mean, mostly = diag["coverage"]["mean"], diag["images_mostly_covered"]
+    if not (mean > CAM_COVERAGE_HIGH or mostly > MOSTLY_COVERED_IMAGES):
+        return warnings
+    causes = []
+    if scale_hint:
+        causes.append(scale_hint)
+    if sweep and sweep.get("best_threshold") is not None and sweep["best_threshold"] > bg_score:
+        gain = sweep["best_miou"] - sweep.get("miou_at_bg_score", sweep["best_miou"])
+        causes.append(f"the background score is too low: the best threshold on the evaluation split is "
+                      f"{sweep['best_threshold']:.2f} (+{gain:.1f} mIoU): set make_cam.bg_score={sweep['best_threshold']:.2f}")
+    elif not sweep:
+        causes.append("the background score may be too low: try make_cam.bg_score=0.4 (or run `affinitynet tune`)")
+    return warnings + [f"CAMs cover most of the image (mean coverage {mean:.0f} %, {mostly:.0f} % of images over "
+                       f"{MOSTLY:.0f} %): they do not localise the objects. Likely cause: " + "; or ".join(causes or
+                       ["a classifier that has not learnt the classes yet: train it longer (train_cam.epochs)"])]
+
+
+def confident_warnings(diag: dict[str, Any]) -> list[str]:
+    mean, none = diag["background"]["mean"], diag["images_without_background"]
+    if not (mean < BACKGROUND_LOW or none > NO_BACKGROUND_IMAGES):
+        return []
+    return [f"confident background is nearly absent ({mean:.1f} % of the pixels; {none:.0f} % of images have "
+            f"less than {NO_BACKGROUND:.0f} %): AffinityNet will learn few object boundaries. Likely cause: CAMs "
+            "that cover the image (see the CAM warning) or too weak a background for the CRF: try a lower "
+            "aff_labels.high_alpha (e.g. 16) and check make_cam.bg_score"]
+
+
+def walk_warnings(diag: dict[str, Any]) -> list[str]:
+    flooded = diag["images_flooded"]
+    if flooded <= FLOODED_IMAGES:
+        return []
+    return [f"the random walk grows a class over most of the image in {flooded:.0f} % of images: the affinities do "
+            "not stop it at the object boundaries. Likely cause: too weak a background or too long a walk for the "
+            "image size: try a larger random_walk.alpha (e.g. 24) or a smaller random_walk.logt (e.g. 6), or "
+            "fix the confident background (see above)"]
+
+
+def scale_hint(long_side: int, profile: dict[str, Any], resize_long: tuple[int, int]) -> str:
+    """The scale mismatch, when images are used at their native size but are far from the long
+    sides the classifier was trained at."""
+    median = profile["long_side"]["median"]
+    lo, hi = resize_long
+    if long_side or not median or lo * 0.8 <= median <= hi * 1.25:
+        return ""
+    return (f"the classifier trained on long sides of {lo}-{hi} px but the images are {median} px (median) and "
+            f"used at their native size: set dataset.long_side={(lo + hi) // 2}")
