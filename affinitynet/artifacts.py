@@ -13,6 +13,7 @@ Layout of a work folder (``RunConfig.workdir``)::
     segmentation/                   stage 5a: checkpoint.pt, final.pth, log.jsonl
     seg_pred/<image>.png            stage 5b: the segmentation network's labels
     vis/                            pictures of CAMs and labels
+    report/                         `affinitynet report`: index.html, charts/*.png, gallery/*.png
     tune/                           `affinitynet tune`: tuned.yaml (a config fragment), tune.json
 
 CAM file format (``.npz``, no pickles), version 1:
@@ -63,6 +64,26 @@ class TrainingFolder:
     @property
     def log(self) -> Path:
         return self.root / "log.jsonl"
+
+
+@dataclass(frozen=True)
+class ReportFolder:
+    """The HTML report of a work folder: ``index.html`` and the PNGs it shows, all inside the
+    folder (relative links), so it opens offline and can be copied as a whole."""
+
+    root: Path
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.html"
+
+    @property
+    def charts(self) -> Path:
+        return self.root / "charts"
+
+    @property
+    def gallery(self) -> Path:
+        return self.root / "gallery"
 
 
 @dataclass(frozen=True)
@@ -121,6 +142,10 @@ class WorkDir:
     @property
     def tune(self) -> Path:
         return self.root / "tune"
+
+    @property
+    def report(self) -> ReportFolder:
+        return ReportFolder(self.root / "report")
 
     def cam_file(self, name: str) -> Path:
         return self.cam / f"{name}.npz"

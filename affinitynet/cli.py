@@ -14,7 +14,7 @@ from typing import Any
 from affinitynet import config as C
 from affinitynet import pipeline
 from affinitynet.errors import AffinityNetError
-from affinitynet.stages import convert_weights, evaluate, prepare_voc, synth, tune
+from affinitynet.stages import convert_weights, evaluate, export, predict, prepare_coco, prepare_voc, synth, tune
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="")
     p.add_argument("--convert-sbd", action="store_true", help="write SBD .mat masks as PNGs")
 
+    p = sub.add_parser("prepare-coco", help="MS-COCO 2014 as a VOC-layout dataset: lists, labels, image links, masks")
+    p.add_argument("--coco-root", required=True,
+                   help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json")
+    p.add_argument("--out", default="", help="dataset folder to write (default: the COCO root)")
+    p.add_argument("--processes", type=int, default=C.PrepareCOCOConfig.processes,
+                   help="mask-writing processes (0 = all cores)")
+
     p = sub.add_parser("evaluate", help="mIoU of palette-PNG predictions against ground truth")
     p.add_argument("--pred", required=True)
     p.add_argument("--dataset", required=True)
@@ -91,12 +98,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="search bg score, CRF alphas and walk settings on images with ground truth")
     _add_run_options(p)
 
+    p = sub.add_parser("predict", help="segment any images with a trained segmentation network")
+    p.add_argument("inputs", nargs="+", metavar="IMAGES", help="image files, folders, .txt lists of image paths")
+    p.add_argument("--weights", required=True, help="a work folder or train-seg's final.pth")
+    p.add_argument("--out", required=True, help="folder for <name>.png (palette PNGs)")
+    p.add_argument("--overlay", action="store_true", help="also <out>/overlay/<name>.jpg: labels over the image")
+    p.add_argument("--scales", default="1.0", help="comma-separated scales of the working size (default 1.0)")
+    p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal-flip pass")
+    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
+    p.add_argument("--long-side", type=int, default=-1, help="working size (default: the network's)")
+    p.add_argument("--batch-size", type=int, default=1, help="images of one size per network pass")
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="a trained segmentation network as ONNX or TorchScript")
+    p.add_argument("--weights", required=True, help="a work folder or train-seg's final.pth")
+    p.add_argument("--out", required=True, help="the file to write (e.g. seg.onnx)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+
     p = sub.add_parser("demo", help="synthetic data + whole pipeline with the CPU recipe (configs/demo.yaml)")
     p.add_argument("--workdir", default="work/demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
     p.add_argument("--family", default="shapes", choices=("shapes", "clutter"), help="synthetic family")
+
+    p = sub.add_parser("report", help="HTML report of a work folder (scores, training curves, CAM sweep, gallery)")
+    p.add_argument("workdir", help="the work folder of a run (finished or not)")
+    p.add_argument("--images", type=_count, default=None,
+                   help="gallery size (default 24: the best, the worst and random images by random-walk IoU)")
     return parser
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def _dispatch(args: argparse.Namespace) -> Any:
@@ -107,6 +145,8 @@ def _dispatch(args: argparse.Namespace) -> Any:
     if cmd == "prepare-voc":
         return prepare_voc.run(C.PrepareVOCConfig(
             voc_root=args.voc_root, sbd_root=args.sbd_root, out=args.out, convert_sbd=args.convert_sbd))
+    if cmd == "prepare-coco":
+        return prepare_coco.run(C.PrepareCOCOConfig(coco_root=args.coco_root, out=args.out, processes=args.processes))
     if cmd == "evaluate":
         return evaluate.run(C.EvaluateConfig(pred=args.pred, dataset=args.dataset, split=args.split, out=args.out))
     if cmd == "convert-weights":
@@ -115,6 +155,19 @@ def _dispatch(args: argparse.Namespace) -> Any:
         return pipeline.run(_run_config(args))
     if cmd == "tune":
         return tune.run(_run_config(args))
+    if cmd == "predict":
+        settings = {"weights": args.weights, "inputs": args.inputs, "out": args.out, "overlay": args.overlay,
+                    "scales": args.scales, "flip": args.flip, "crf": args.crf, "long_side": args.long_side,
+                    "batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
+        return predict.run(C.load_config(C.PredictConfig, values=settings))
+    if cmd == "export":
+        return export.run(C.ExportConfig(weights=args.weights, out=args.out, format=args.format))
+    if cmd == "report":
+        from affinitynet import report  # matplotlib: loaded for the commands that draw, not for every command
+
+        path = report.write_report(args.workdir, **({} if args.images is None else {"images": args.images}))
+        print(f"report: {path}")
+        return path
     if cmd == "demo":
         return pipeline.demo(workdir=args.workdir, sets=[_alias(s) for s in args.set], device=args.device,
                              data={"family": args.family})

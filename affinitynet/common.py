@@ -127,11 +127,12 @@ def load_backbone_weights(net: torch.nn.Module, path: str | Path) -> list[str]:
 
 def initial_weights(net: torch.nn.Module, cfg: RunConfig, section: TrainingConfig) -> torch.nn.Module:
     """Start ``net``'s backbone from ``section.weights`` when given, else (with
-    ``init_from_classifier``) from the trained classifier of this run when it exists and has the
-    same backbone; otherwise leave the fresh initialisation."""
+    ``init_from_classifier``, networks on the run's backbones only) from the trained classifier
+    of this run when it exists and has the same backbone; otherwise leave the fresh
+    initialisation."""
     if section.weights:
         load_backbone_weights(net, section.weights)
-    elif getattr(section, "init_from_classifier", False):
+    elif getattr(section, "init_from_classifier", False) and getattr(section, "model", "largefov") == "largefov":
         final = artifacts.WorkDir(cfg.workdir).classifier.final
         if final.exists() and backbone_of(cfg, section) == cfg.train_cam.backbone:
             load_backbone_weights(net, final)

@@ -55,6 +55,16 @@ class PrepareVOCConfig:
 
 
 @dataclass
+class PrepareCOCOConfig:
+    """``affinitynet prepare-coco``: MS-COCO 2014 as a VOC-layout dataset (lists, labels,
+    image links, ground-truth PNGs)."""
+
+    coco_root: str = ""  # holds train2014/, val2014/, annotations/instances_{train,val}2014.json
+    out: str = ""  # default: the COCO root itself
+    processes: int = bounded(0, 0, 1024)  # mask-writing processes; 0 = all cores
+
+
+@dataclass
 class EvaluateConfig:
     """``affinitynet evaluate``: mIoU of a folder of palette PNG predictions."""
 
@@ -70,6 +80,33 @@ class ConvertWeightsConfig:
 
     input: str = ""
     output: str = ""
+
+
+@dataclass
+class PredictConfig:
+    """``affinitynet predict``: a trained segmentation network on any images (as segment)."""
+
+    weights: str = ""  # a work folder or train-seg's final.pth
+    inputs: list[str] = field(default_factory=list)  # image files, folders, .txt lists of paths
+    out: str = ""
+    overlay: bool = False  # also <out>/overlay/<name>.jpg: the labels over the image
+    scales: tuple[float, ...] = bounded((1.0,), 1e-3, 100.0)
+    flip: bool = True
+    crf: bool = False
+    crf_iterations: int = bounded(10, 1, 1000)
+    long_side: int = bounded(-1, -1, 1 << 14)  # -1: the working size the network was trained at
+    batch_size: int = bounded(1, 1, 1024)  # images of one size per network pass
+    num_workers: int = bounded(2, 0, 256)
+    device: str = "auto"
+
+
+@dataclass
+class ExportConfig:
+    """``affinitynet export``: a trained segmentation network as ONNX or TorchScript."""
+
+    weights: str = ""  # a work folder or train-seg's final.pth
+    out: str = ""
+    format: str = "onnx"  # or "torchscript"
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +213,11 @@ class TrainSegConfig(TrainingConfig):
     """Stage 5a: the segmentation network on the pseudo labels (paper Sec. 5 trains DeepLab on
     them; the optimiser settings here are DeepLab's usual ones, which the paper does not list)."""
 
-    init_from_classifier: bool = True  # the classifier's backbone when no weights are given
+    # largefov (the backbone + DeepLab-LargeFOV head, the paper's), deeplabv2 (ResNet-101 + ASPP),
+    # deeplabv3_resnet50 / deeplabv3_resnet101 (torchvision's); see affinitynet/models/segmentation.py
+    model: str = "largefov"
+    aux_loss: bool = False  # deeplabv3_*: torchvision's auxiliary head on layer3 (loss weight 0.5)
+    init_from_classifier: bool = True  # largefov: the classifier's backbone when no weights are given
     labels: str = ""  # label folder; default: the random walk's pseudo_labels/
     epochs: int = 12
     lr: float = 0.01  # x10 for the new head (poly schedule, as the other stages)
@@ -239,9 +280,31 @@ BACKBONE_RECIPES: dict[str, dict[str, Any]] = {
                                "resize_long": [320, 640]}},
 }
 
+# The training recipe of each segmentation network's paper, by train_seg.model (largefov keeps
+# the train_seg defaults above):
+# - deeplabv2: Chen et al., TPAMI 2017 (DeepLab-v2 on VOC aug): lr 2.5e-4 (x10 for the ASPP
+#   layers), momentum 0.9, weight decay 5e-4, batch 10, crop 321, 20k iterations = 19 epochs
+#   of train_aug's 10,582 images;
+# - deeplabv3_*: torchvision's segmentation reference: lr 0.02 for batch 32, here 0.005 for the
+#   batch of 8 (linear scaling), momentum 0.9, weight decay 1e-4, batch norm trained.
+SEGMENTATION_RECIPES: dict[str, dict[str, Any]] = {
+    "deeplabv2": {"train_seg": {"lr": 2.5e-4, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 10,
+                                "crop": 321, "epochs": 19}},
+    "deeplabv3_resnet50": {"train_seg": {"lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4}},
+    "deeplabv3_resnet101": {"train_seg": {"lr": 0.005, "momentum": 0.9, "weight_decay": 1e-4}},
+}
+
+# settings that come with a choice: (section, key) -> {chosen value: overrides}
+RECIPES_BY_CHOICE: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("train_cam", "backbone"): BACKBONE_RECIPES,
+    ("train_seg", "model"): SEGMENTATION_RECIPES,
+}
+
 # names of affinitynet.models.BACKBONES (kept here so that validation needs no torch import;
 # tests/test_models.py checks the two agree)
 BACKBONE_NAMES: tuple[str, ...] = ("resnet38", "vgg16", "resnet50", "tiny")
+# names of affinitynet.models.SEGMENTATION_MODELS, likewise
+SEGMENTATION_MODEL_NAMES: tuple[str, ...] = ("largefov", "deeplabv2", "deeplabv3_resnet50", "deeplabv3_resnet101")
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +351,10 @@ def validate(cfg: Any, prefix: str = "") -> None:
         # the crop's stride-8 grid must hold one pair of every offset (width 2*radius-1 cells)
         raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
                           f"need at least {8 * (2 * cfg.radius - 1)}")
+    if isinstance(cfg, TrainSegConfig) and cfg.model not in SEGMENTATION_MODEL_NAMES:
+        raise ConfigError(f"config key '{prefix}model' = {cfg.model!r}: choose one of {', '.join(SEGMENTATION_MODEL_NAMES)}")
+    if isinstance(cfg, TrainSegConfig) and cfg.aux_loss and not cfg.model.startswith("deeplabv3"):
+        raise ConfigError(f"config key '{prefix}aux_loss': only the deeplabv3_* models have an auxiliary head")
     if isinstance(cfg, RandomWalkConfig) and cfg.method not in ("sparse", "dense"):
         raise ConfigError(f"config key '{prefix}method' = {cfg.method!r}: expected 'sparse' or 'dense'")
 
@@ -417,13 +484,14 @@ def load_config(cls: type, path: str | Path | list[str | Path] | None = None, se
     if sets:
         layers.append(parse_set(sets))
     if cls is RunConfig:
-        backbone = cfg.train_cam.backbone
-        for layer in layers:
-            section = layer.get("train_cam")
-            if isinstance(section, dict) and "backbone" in section:
-                backbone = section["backbone"]
-        if backbone in BACKBONE_RECIPES:
-            apply_overrides(cfg, BACKBONE_RECIPES[backbone])
+        for (section_name, key), recipes in RECIPES_BY_CHOICE.items():
+            chosen = getattr(getattr(cfg, section_name), key)
+            for layer in layers:
+                section = layer.get(section_name)
+                if isinstance(section, dict) and key in section:
+                    chosen = section[key]
+            if chosen in recipes:
+                apply_overrides(cfg, recipes[chosen])
     for layer in layers:
         apply_overrides(cfg, layer)
     validate(cfg)

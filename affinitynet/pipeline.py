@@ -24,8 +24,10 @@ from typing import Any
 from affinitynet import artifacts, config as C, distributed
 from affinitynet.artifacts import WorkDir
 from affinitynet.common import dataset_profile, infer_names, open_dataset
-from affinitynet.stages import (make_aff_labels, make_cam, random_walk, segment, synth, train_aff, train_cam,
-                                train_seg)
+from affinitynet.data.voc import VOCDataset
+from affinitynet.evaluation import evaluate_folder
+from affinitynet.stages import (make_aff_labels, make_cam, predict, random_walk, segment, synth, train_aff,
+                                train_cam, train_seg)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ DEMO_DATA = {"train": 200, "val": 50, "seed": 0, "family": "shapes"}
 
 def run(cfg: C.RunConfig) -> dict[str, Any]:
     """Run every stage in order; finished training stages are skipped, interrupted ones resume,
-    per-image stages skip finished images. Returns (and writes) the metrics."""
+    per-image stages skip finished images. Returns (and writes) the metrics; then writes the
+    pictures (``vis/``) and the HTML report (``report/index.html``)."""
     wd = WorkDir(cfg.workdir)
     d, _ = distributed.setup(cfg.device)
     if d.is_main:
@@ -93,6 +96,9 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
     if d.is_main:
         artifacts.write_json(wd.metrics, metrics)
         save_pictures(cfg)
+        from affinitynet import report  # matplotlib: loaded here, not with the CLI
+
+        print(f"report: {report.write_report(wd.root)}")
         warnings = [f"{key}: {w}" for key, m in metrics.items() if isinstance(m, dict) for w in m.get("warnings", [])]
         if warnings:
             print("affinitynet: warnings of this run (details under 'diagnostics' in metrics.json):", file=sys.stderr)
@@ -146,8 +152,26 @@ def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, devic
     metrics = run(cfg)
     if d.is_main:
         print(comparison_table(metrics))
+        print(predict_new_images(cfg, data))
         print(f"demo finished in {time.time() - t0:.0f} s; everything is in {cfg.workdir}")
     return metrics
+
+
+def predict_new_images(cfg: C.RunConfig, data: dict[str, Any], count: int = 4) -> str:
+    """``affinitynet predict`` with the demo's segmentation network on ``count`` new synthetic
+    images (the next seed: in no split of the run), scored against their ground truth; returns
+    the summary lines."""
+    wd = WorkDir(cfg.workdir)
+    new = synth.run(C.SynthConfig(out=str(wd.root / "new_images"), train=0, val=count, seed=data["seed"] + 1,
+                                  family=data.get("family", "shapes")))
+    images = Path(new["root"]) / "JPEGImages"
+    out = wd.root / "predict"
+    predict.run(C.PredictConfig(weights=str(wd.root), inputs=[str(images)], out=str(out), overlay=True,
+                                num_workers=0, device=cfg.device))
+    scores = evaluate_folder(out, VOCDataset(new["root"]), [p.stem for p in sorted(images.glob("*.jpg"))])
+    return (f"affinitynet predict --weights {wd.root} {images} --out {out} --overlay: {count} new images "
+            f"(seed {data['seed'] + 1}, in no split), mIoU {scores['miou']:.1f} against their ground truth; "
+            f"pictures in {out / 'overlay'}")
 
 
 def comparison_table(metrics: dict[str, Any]) -> str:

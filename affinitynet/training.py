@@ -118,7 +118,8 @@ def _loader(dataset, batch_size: int, seed: int, num_workers: int, device: torch
 
 def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_set: Dataset | None,
         settings: TrainingConfig, out: TrainingFolder, device: torch.device, *, resume: bool,
-        config: Any, desc: str, channels_last: bool | None = None) -> dict[str, Any]:
+        config: Any, desc: str, channels_last: bool | None = None,
+        meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` with ``criterion`` on ``train_set`` for ``settings.epochs`` epochs.
 
     ``criterion(model, batch) -> (loss, extra metrics)`` gets batches already on ``device``
@@ -129,7 +130,10 @@ def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_se
     ``settings.batch_size`` is split over the ranks and the schedule counts global steps.
     Rank 0 writes ``out.checkpoint`` every epoch (model, optimizer incl. schedule step, epoch, RNG
     states, ``config``), ``out.final`` at the end and ``out.log`` throughout; ``resume``
-    continues from ``out.checkpoint``. Returns {"final", "steps", "history", "seconds"}.
+    continues from ``out.checkpoint``. With ``meta`` (names, numbers, lists only), ``out.final``
+    is {"model": weights, "meta": meta}, so that it describes itself (e.g. for ``predict``);
+    otherwise the plain weights, as the original's released files. Returns {"final", "steps",
+    "history", "seconds"}.
     """
     t0 = time.time()
     dist_info = distributed.current()
@@ -220,7 +224,8 @@ def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_se
         distributed.barrier()
     del loader, bar  # the last references to the persistent workers: stops them
     if dist_info.is_main:
-        artifacts.save_checkpoint(out.final, {k: v.contiguous() for k, v in model.state_dict().items()})
+        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+        artifacts.save_checkpoint(out.final, {"model": weights, "meta": meta} if meta else weights)
     distributed.barrier()
     return {"final": str(out.final), "steps": step, "history": history, "seconds": time.time() - t0}
 

@@ -150,3 +150,18 @@ def test_bench_families_quick(capsys):
     rows = table_rows(capsys.readouterr().out, "| family |")
     assert [(r[0], r[1]) for r in rows] == [("small", "demo")]
     assert all(0 <= float(r[i]) <= 100 for r in rows for i in (2, 3, 5))
+
+
+def test_bench_coco_scale_quick(capsys):
+    assert load("bench_coco_scale").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "Machine:" in out
+    prep = table_rows(out, "| step | total |")
+    assert [r[0].split(" (")[0] for r in prep] == ["first run", "rerun, everything done", "one mask at COCO size"]
+    disk = {r[0]: r for r in table_rows(out, "| output |")}
+    assert float(disk["cam/*.npz (make-cam)"][1].split()[0]) > 0  # KiB per image
+    assert "**all per-image outputs**" in disk
+    rerun = table_rows(out, "| step | 60 images |")
+    assert len(rerun) == 3 and all(r[-1].endswith(" s") for r in rerun)
+    mem = table_rows(out, "| call |")
+    assert len(mem) == 4 and all(r[3].endswith("MiB") and r[3] != "nan MiB" for r in mem)

@@ -110,6 +110,24 @@ def test_example_configs_load(path):
     assert cfg.train_aff.weights == cfg.train_seg.weights == cfg.train_cam.weights
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("coco_*.yaml")), ids=lambda p: p.name)
+def test_coco_configs_load(path):
+    """The COCO configs are valid, pick their backbone, train on train2014 and evaluate on
+    val2014 (the splits prepare-coco writes)."""
+    cfg = C.load_config(C.RunConfig, path)
+    assert cfg.train_cam.backbone == path.stem.split("_")[-1]
+    assert cfg.dataset.root and cfg.train_cam.weights
+    assert cfg.train_aff.weights == cfg.train_seg.weights == cfg.train_cam.weights
+    assert (cfg.dataset.train_split, cfg.dataset.infer_splits, cfg.dataset.eval_split) == ("train", ["train"], "val")
+    if cfg.train_cam.backbone == "resnet50":  # IRN's recipe, as the COCO follow-ups use it
+        tc = cfg.train_cam
+        assert (tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.crop) == (5, 16, 0.1, 1e-4, 512)
+
+
+def test_coco_configs_exist():
+    assert sorted(p.name for p in CONFIGS.glob("coco_*.yaml")) == ["coco_resnet38.yaml", "coco_resnet50.yaml"]
+
+
 def test_demo_recipe_is_a_file_run_accepts():
     """configs/demo.yaml is the CPU recipe; `--config demo` finds the shipped copy anywhere."""
     assert (CONFIGS / "demo.yaml").resolve() == (C.RECIPES / "demo.yaml").resolve()

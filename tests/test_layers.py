@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "affinitynet"
 
 # top to bottom, as in docs/ARCHITECTURE.md
 LAYERS = ["errors", "conventions", "config", "artifacts", "distributed", "data", "algorithms", "models", "weights",
-          "evaluation", "diagnostics", "visualize", "common", "training", "stages", "pipeline", "cli"]
+          "evaluation", "diagnostics", "visualize", "common", "report",
+          "inference", "training", "stages", "pipeline", "api", "cli"]
 
 
 def _layer(module: str) -> str:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from _report_checks import ALL_CHARTS, assert_self_contained, browser, charts, inspect_page, page_tags
 from affinitynet import artifacts
 from affinitynet.artifacts import WorkDir
 from affinitynet.cli import main
@@ -140,6 +142,29 @@ def test_outputs_and_formats(pipeline_run):
     assert not list(work.rglob(artifacts.TMP_PREFIX + "*"))
 
 
+def test_run_writes_the_report(pipeline_run):
+    """`affinitynet run` ends with the HTML report (tests/test_report.py checks it in detail)."""
+    m, index = pipeline_run["metrics"], WorkDir(pipeline_run["work"]).report.index
+    assert charts(page_tags(index)) == ALL_CHARTS
+    assert_self_contained(index)
+    page = index.read_text()
+    for key in ("cam", "rw", "seg"):
+        assert f"<td>{m[key]['miou']:.1f}</td>" in page, key
+    assert f"{m['aff_labels']['confident_precision']:.1f} % at coverage" in page
+    assert page.count('<article class="card">') == 20  # every val image: fewer than the 24 shown by default
+
+
+def test_report_of_the_run_in_a_browser(pipeline_run, tmp_path):
+    """The run's report in headless Chromium: no console error, every picture and chart loaded.
+    Screenshot: pipeline-report.png (copied to $AFFINITYNET_ARTIFACTS)."""
+    with browser() as b:
+        found = inspect_page(b, WorkDir(pipeline_run["work"]).report.index, "light", tmp_path / "pipeline-report.png")
+    assert not found["errors"], found["errors"]
+    assert all(i["complete"] and i["width"] > 0 for i in found["images"])
+    assert {i["chart"] for i in found["images"] if i["chart"]} == ALL_CHARTS
+    assert found["scrollWidth"] <= found["innerWidth"]
+
+
 def test_every_json_the_pipeline_writes_is_strict(pipeline_run):
     """metrics.json, the logs and any other JSON in the work folder parse with a parser that
     refuses NaN / Infinity (undefined scores are null)."""
@@ -216,3 +241,25 @@ def test_tune_finds_settings_at_least_as_good_on_held_out_images(pipeline_run, c
     after = tune.score_settings(cfg, held_out, chosen)
     for group in before:
         assert after[group] >= before[group], (group, before, after)
+
+
+def test_readme_python_api_example_runs(pipeline_run, tmp_path, monkeypatch):
+    """The README's Python API example, as written, on a run laid out as the demo's
+    (work/demo with its data inside)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### Python API"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    demo = tmp_path / "work" / "demo"
+    demo.mkdir(parents=True)
+    for entry in pipeline_run["work"].iterdir():
+        (demo / entry.name).symlink_to(entry)
+    (demo / "data").symlink_to(pipeline_run["data"])
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    label, pseudo, cams = namespace["label"], namespace["pseudo"], namespace["cams"]
+    image_hw = Image.open(demo / "data" / "JPEGImages" / "val_00000.jpg").size[::-1]
+    assert label.shape == pseudo.shape == image_hw and cams.shape == (1, *image_hw)
+    # the API gives what the stages wrote for the same image
+    assert (label == load_label_png(pipeline_run["work"] / "seg_pred" / "val_00000.png")).all()
+    assert (tmp_path / "pseudo.png").is_file()

@@ -87,6 +87,22 @@ def load_rgb(path: PathLike) -> np.ndarray:
     return _to_uint8_rgb(img, path)
 
 
+def to_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
+    """An image in memory -> (H, W, 3) uint8 RGB: a PIL image of any mode, or a numpy array
+    (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped), uint8 or float in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return _to_uint8_rgb(image, "image")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        scale = 255.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else 1.0
+        arr = np.rint(np.clip(np.nan_to_num(arr.astype(np.float64)) * scale, 0, 255)).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {arr.shape}")
+    return np.ascontiguousarray(arr[..., :3])
+
+
 def save_label_png(path: PathLike, label: np.ndarray) -> None:
     """Write an (H, W) uint8 label map as a palette PNG in the VOC palette (255 -> (224,224,192))."""
     label = np.asarray(label)

@@ -114,7 +114,10 @@ class VOCDataset:
         else:
             self.labels_file = next((self.root / f for f in _AUTO_LABEL_FILES if (self.root / f).is_file()), None)
         self._file_labels: dict[str, list[str]] | None = None
-        self._label_cache: dict[str, np.ndarray] = {}
+        # class indices of the images whose XML was parsed (a tuple, ~100 B an image; the labels
+        # file's table is in memory already, so its vectors are rebuilt per call instead of cached:
+        # a cache of (C,) vectors grew by ~460 B per image, 56 MB per process at COCO's 122k images)
+        self._label_cache: dict[str, tuple[int, ...]] = {}
 
     # -- classes and splits ------------------------------------------------------------------
     def _read_classes(self) -> list[str]:
@@ -239,20 +242,20 @@ class VOCDataset:
 
     def image_labels(self, name: str) -> np.ndarray:
         """(C,) float32 0/1 vector of the object classes present in image ``name``."""
-        cached = self._label_cache.get(name)
-        if cached is not None:
-            return cached.copy()
         if self.labels_file is not None:
             if self._file_labels is None:
                 self._file_labels = self._load_labels_file()
             if name not in self._file_labels:
                 raise InputError(f"{self.labels_file}: has no labels for image '{name}'")
-            vec = self._names_to_vector(self._file_labels[name], name, self.labels_file)
-        else:
+            return self._names_to_vector(self._file_labels[name], name, self.labels_file)
+        cached = self._label_cache.get(name)
+        if cached is None:
             xml = self.root / "Annotations" / f"{name}.xml"
-            vec = self._names_to_vector(self._xml_names(name), name, xml)
-        self._label_cache[name] = vec
-        return vec.copy()
+            cached = tuple(np.flatnonzero(self._names_to_vector(self._xml_names(name), name, xml)).tolist())
+            self._label_cache[name] = cached
+        vec = np.zeros(self.num_classes, dtype=np.float32)
+        vec[list(cached)] = 1.0
+        return vec
 
     def label_names(self, name: str) -> list[str]:
         """Names of the classes present in image ``name`` (dataset order)."""

@@ -7,7 +7,10 @@ Every network has output stride 8 and exposes ``normalization``, ``feature_strid
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from torch import nn
 
 from affinitynet.models.base import (Backbone, backbone_keys, check_state_dict,
                                      load_backbone_state_dict, load_state_dict_strict)
@@ -17,6 +20,7 @@ from affinitynet.models.resnet38 import (ResNet38, ResNet38AffinityNet, ResNet38
                                          ResNet38SegmentationNet)
 from affinitynet.models.resnet50 import (ResNet50, ResNet50AffinityNet, ResNet50Classifier,
                                          ResNet50SegmentationNet, remap_resnet50_state_dict)
+from affinitynet.models.segmentation import AUX_LOSS_WEIGHT, DeepLabV2, TorchvisionDeepLabV3, main_scores
 from affinitynet.models.tiny import Tiny, TinyAffinityNet, TinyClassifier, TinySegmentationNet
 from affinitynet.models.vgg16 import VGG16, VGG16AffinityNet, VGG16Classifier, VGG16SegmentationNet
 
@@ -68,13 +72,34 @@ def build_affinity_net(backbone: str) -> AffinityNet:
 
 
 def build_segmentation_net(backbone: str, num_classes: int = 20) -> SegmentationNet:
-    """Segmentation network (stage 5) on ``backbone``: ``num_classes`` objects + background."""
+    """The LargeFOV segmentation network (stage 5) on ``backbone``: ``num_classes`` objects + background."""
     return _spec(backbone).segmentation(num_classes=num_classes).train()
+
+
+# The segmentation networks of stage 5 by name (train_seg.model): builder(backbone, num_classes,
+# aux) -> network. ``backbone`` matters for largefov only, ``aux`` for the torchvision ones only.
+SEGMENTATION_MODELS: dict[str, Callable[[str, int, bool], nn.Module]] = {
+    "largefov": lambda backbone, k, aux: build_segmentation_net(backbone, k),
+    "deeplabv2": lambda backbone, k, aux: DeepLabV2(k, depth=101),
+    "deeplabv3_resnet50": lambda backbone, k, aux: TorchvisionDeepLabV3(k, depth=50, aux=aux),
+    "deeplabv3_resnet101": lambda backbone, k, aux: TorchvisionDeepLabV3(k, depth=101, aux=aux),
+}
+
+
+def build_segmentation_model(model: str, backbone: str, num_classes: int, aux: bool = False) -> nn.Module:
+    """Segmentation network ``model`` (see models/segmentation.py) for ``num_classes`` objects +
+    background, in training mode."""
+    try:
+        builder = SEGMENTATION_MODELS[model]
+    except KeyError:
+        raise ValueError(f"unknown segmentation model {model!r}; choose one of {', '.join(SEGMENTATION_MODELS)}") from None
+    return builder(backbone, num_classes, aux).train()
 
 
 __all__ = [
     "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet", "SegmentationNet",
-    "build_classifier", "build_affinity_net", "build_segmentation_net",
+    "build_classifier", "build_affinity_net", "build_segmentation_net", "build_segmentation_model",
+    "SEGMENTATION_MODELS", "DeepLabV2", "TorchvisionDeepLabV3", "AUX_LOSS_WEIGHT", "main_scores",
     "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys",
     "remap_resnet50_state_dict",
     "PolyOptimizer", "build_optimizer", "poly_lr",

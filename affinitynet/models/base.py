@@ -156,14 +156,35 @@ def backbone_keys(net: nn.Module) -> list[str]:
     return [k for k in net.state_dict() if not k.startswith(head_prefixes)]
 
 
+class _Whole(nn.Module):
+    """A module whose every key is backbone (no head prefixes), for loading a submodule."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return self.module.load_state_dict(*args, **kwargs)
+
+
 def load_backbone_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Initialise the backbone of ``net`` from pretrained weights or a trained sibling network.
 
     Every backbone key must be present with the right shape (else :class:`InputError`); head
     keys of ``net`` keep their fresh initialisation. Returns the checkpoint keys not used (e.g.
-    the classifier's ``fc8.weight`` when initialising an AffinityNet from it).
+    the classifier's ``fc8.weight`` when initialising an AffinityNet from it). A network with a
+    ``backbone`` submodule (the DeepLab networks) takes the weights there: a torchvision ResNet
+    file (its ``fc`` left unused) or a checkpoint of such a network (``backbone.`` keys).
     """
-    keys = backbone_keys(net)
+    inner = getattr(net, "backbone", None)
+    if isinstance(inner, nn.Module):
+        net, state_dict = inner, {k.removeprefix("backbone."): v for k, v in state_dict.items()}
+        keys = list(inner.state_dict())
+    else:
+        keys = backbone_keys(net)
     check_state_dict(net, state_dict, keys)
     own = net.state_dict()
     subset = {k: torch.as_tensor(state_dict[k]) for k in keys if k in state_dict}

@@ -14,16 +14,16 @@ import numpy as np
 import torch
 
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.cam import cam_prediction, multiscale_cam
+from affinitynet.algorithms.cam import cam_prediction
 from affinitynet.artifacts import WorkDir
 from affinitynet.common import (announce_sizes, dataset_profile, for_each_image, image_to, inference_net, infer_names,
-                                load_trained, open_dataset, report, working_scale)
+                                load_trained, open_dataset, report)
 from affinitynet.config import RunConfig
 from affinitynet.data.images import save_label_png
-from affinitynet.data.transforms import normalize
 from affinitynet.errors import InputError
 from affinitynet.diagnostics import MOSTLY, cam_coverage, cam_warnings, scale_hint
 from affinitynet.evaluation import cam_threshold_sweep, evaluate_folder, names_with_gt
+from affinitynet.inference import cams_of_image
 from affinitynet.models import build_classifier
 
 
@@ -61,16 +61,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                        "classifier")
     cam_fn = cam_function(net, device, amp=mc.amp, channels_last=mc.channels_last)
 
-    def norm(image: np.ndarray) -> torch.Tensor:
-        return normalize(image, net.normalization)
-
     def one_image(name: str, image: np.ndarray, label: np.ndarray) -> None:
         if label.sum() == 0:
             raise InputError(f"{voc.image_path(name)}: image '{name}' has no class label, so it has no "
                              "CAM to infer (label it or remove it from the inference splits)")
-        factor = working_scale(cfg.dataset.long_side, image.shape[:2])
-        keys, maps = multiscale_cam(cam_fn, image, label, norm, scales=[s * factor for s in mc.scales],
-                                    flip=mc.flip, batch_flip=batch_flip_on(device), device=device)
+        keys, maps = cams_of_image(cam_fn, net.normalization, image, label, mc, cfg.dataset.long_side,
+                                   batch_flip_on(device), device)
         if mc.save_pred:
             save_label_png(wd.png(wd.cam_pred, name), cam_prediction(keys, maps, mc.bg_score, image.shape[:2]))
         # the CAM file is written last: its presence marks the image as done

@@ -11,20 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.random_walk import propagate_cams
-from affinitynet.algorithms.resize import resize_image, resize_label, resize_maps
+from affinitynet.algorithms.resize import scaled_size
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import (announce_sizes, backbone_of, check_image_size, for_each_image, image_affinity,
-                                inference_net, infer_names, load_trained, open_dataset, report, torch_threads,
-                                working_scale)
+from affinitynet.common import (announce_sizes, backbone_of, check_image_size, for_each_image, inference_net,
+                                infer_names, load_trained, open_dataset, report, working_scale)
 from affinitynet.config import RunConfig
 from affinitynet.conventions import STRIDE
 from affinitynet.data.images import save_label_png
 from affinitynet.diagnostics import walk_growth, walk_warnings
 from affinitynet.evaluation import evaluate_folder, names_with_gt
+from affinitynet.inference import pseudo_label_of_image
 from affinitynet.models import build_affinity_net
 
 
@@ -41,19 +39,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     def one_image(name: str, image: np.ndarray, label: np.ndarray) -> None:
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        # AffinityNet and the walk run at the working size; the label comes back to the image's
         factor = working_scale(cfg.dataset.long_side, image.shape[:2])
-        work = resize_image(image, factor) if factor != 1 else image
-        check_image_size(voc, name, work.shape[:2], min_size, f"the random walk with radius {rc.radius}",
+        check_image_size(voc, name, scaled_size(image.shape[:2], factor), min_size,
+                         f"the random walk with radius {rc.radius}",
                          hint=f"at its working size (dataset.long_side {cfg.dataset.long_side})" if factor != 1
                          else "set dataset.long_side to work at a larger size")
-        aff = image_affinity(net, work, rc.radius, device, rc.channels_last)
-        # 256 short sparse products: one thread, as the cores serve the loader workers too
-        with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
-            label, _ = propagate_cams(keys, resize_maps(maps, work.shape[:2]), aff, work.shape[:2], alpha=rc.alpha,
-                                      beta=rc.beta, logt=rc.logt, radius=rc.radius, num_classes=voc.num_classes,
-                                      method=rc.method)
-        save_label_png(wd.png(wd.pseudo_labels, name), resize_label(label, image.shape[:2]))
+        label = pseudo_label_of_image(net, image, keys, maps, rc, cfg.dataset.long_side, voc.num_classes, device,
+                                      rc.channels_last)
+        save_label_png(wd.png(wd.pseudo_labels, name), label)
 
     names = infer_names(cfg, voc)
     announce_sizes(cfg, voc, names, "random-walk", "AffinityNet and the walk run at that size")

@@ -23,7 +23,8 @@ from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.transforms import ResizePadJointTransform, SegmentationTransform
 from affinitynet.data.voc import GroundTruthDataset, LabelMapDataset
 from affinitynet.errors import InputError
-from affinitynet.models import build_segmentation_net
+from affinitynet.inference import segmentation_meta
+from affinitynet.models import AUX_LOSS_WEIGHT, build_segmentation_model
 
 
 def label_dir(cfg: RunConfig) -> Path:
@@ -39,8 +40,13 @@ def segmentation_loss(scores: torch.Tensor, label: torch.Tensor) -> torch.Tensor
 
 
 def pixel_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-    """``segmentation_loss`` of the network's scores; ``batch`` = (images, label maps, ...)."""
-    return segmentation_loss(model(batch[0]), batch[1]), {}
+    """``segmentation_loss`` of the network's scores; ``batch`` = (images, label maps, ...).
+    With an auxiliary head (training only) its loss is added with weight ``AUX_LOSS_WEIGHT``."""
+    output = model(batch[0])
+    if isinstance(output, dict):
+        main, aux = segmentation_loss(output["out"], batch[1]), segmentation_loss(output["aux"], batch[1])
+        return main + AUX_LOSS_WEIGHT * aux, {"main": float(main.detach()), "aux": float(aux.detach())}
+    return segmentation_loss(output, batch[1]), {}
 
 
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
@@ -51,7 +57,8 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if not labels.is_dir():
         raise InputError(f"{labels}: label folder does not exist (run random-walk first, or set train_seg.labels)")
     training.seed_everything(ts.seed)  # the head's initial weights depend on the seed only
-    net = initial_weights(build_segmentation_net(backbone_of(cfg, ts), voc.num_classes), cfg, ts)
+    net = initial_weights(build_segmentation_model(ts.model, backbone_of(cfg, ts), voc.num_classes, ts.aux_loss),
+                          cfg, ts)
     transform = SegmentationTransform(ts.crop, ts.resize_long, ts.color_jitter, net.normalization)
     names = voc.split(cfg.dataset.train_split)
     train_set = LabelMapDataset(voc, names, labels, transform)
@@ -61,4 +68,4 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         val_set = GroundTruthDataset(voc, voc.split(cfg.dataset.val_split),
                                      ResizePadJointTransform(ts.crop, net.normalization))
     return training.fit(net, pixel_loss, train_set, val_set, ts, WorkDir(cfg.workdir).segmentation, device,
-                        resume=resume, config=cfg, desc="train-seg")
+                        resume=resume, config=cfg, desc="train-seg", meta=segmentation_meta(cfg, net.normalization, voc.classes))
