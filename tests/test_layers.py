@@ -11,9 +11,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "affinitynet"
 
 # top to bottom, as in docs/ARCHITECTURE.md
-LAYERS = ["errors", "conventions", "config", "artifacts", "distributed", "data", "algorithms", "models", "weights",
-          "evaluation", "diagnostics", "visualize", "common", "report",
-          "inference", "training", "stages", "pipeline", "api", "cli"]
+LAYERS = ["errors", "conventions", "config", "artifacts", "distributed", "parallel", "data", "algorithms", "models",
+          "weights", "evaluation", "diagnostics", "visualize", "common", "report", "inference", "training", "stages",
+          "pipeline", "api", "cli"]
 
 
 def _layer(module: str) -> str:

@@ -43,7 +43,6 @@ interruption writes only the missing ones.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 import warnings
@@ -59,6 +58,7 @@ from affinitynet import artifacts
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.images import save_label_png
 from affinitynet.errors import InputError
+from affinitynet.parallel import map_in_processes
 
 #: (split name in the output, image folder, annotation file) of COCO 2014
 SPLITS: tuple[tuple[str, str, str], ...] = (
@@ -345,21 +345,6 @@ def _tasks(split: SplitAnnotations, image_dir: Path, gt_dir: Path, done: set[str
                            gt_dir / f"{im['name']}.png", split.path)
 
 
-def _run_tasks(tasks: list[MaskTask], processes: int, desc: str, progress: bool) -> None:
-    """``write_mask`` for every task, with a progress bar; in ``processes`` worker processes."""
-    from tqdm import tqdm
-
-    with tqdm(total=len(tasks), desc=desc, dynamic_ncols=True, disable=not progress) as bar:
-        if processes <= 1 or len(tasks) < 2:
-            for task in tasks:
-                write_mask(task)
-                bar.update()
-        else:
-            with mp.get_context("fork").Pool(processes) as pool:
-                for _ in pool.imap_unordered(write_mask, tasks, chunksize=16):
-                    bar.update()
-
-
 def _text(path: Path, lines: Iterable[str]) -> None:
     artifacts.write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
@@ -405,7 +390,7 @@ def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = N
         for key, value in counts.items():
             summary["links"][key] += value
         tasks = list(_tasks(split, image_dir, gt_dir, _entries(gt_dir)))
-        _run_tasks(tasks, processes, f"prepare-coco {split_name} masks", progress)
+        map_in_processes(write_mask, tasks, processes, f"prepare-coco {split_name} masks", progress, chunksize=16)
         lists[split_name] = [im["name"] for im in with_objects]
         lists[f"no_objects_{split_name}"] = [im["name"] for im in without]
         summary[split_name] = len(with_objects)

@@ -9,14 +9,12 @@ result, background from the high-alpha result, the rest is unsure (255). Writes
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
 from affinitynet.algorithms.crf import confident_labels, crf_with_background
@@ -27,6 +25,7 @@ from affinitynet.config import AffLabelsConfig, RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.diagnostics import confident_regions, confident_warnings
 from affinitynet.evaluation import confident_label_scores, names_with_gt
+from affinitynet.parallel import map_in_processes
 
 
 def confident_label_map(image: np.ndarray, keys: np.ndarray, maps: np.ndarray,
@@ -82,20 +81,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     announce_sizes(cfg, voc, names, "make-aff-labels", "the dense CRF runs at that size")
     pending = todo(names, lambda n: wd.png(wd.aff_labels, n), [wd.aff_labels])
     processes = min(process_count(cfg.aff_labels.processes), max(1, len(pending)))
-    label_one = LabelJob(cfg)
     t0 = time.time()
-    # closed before an error propagates, so the error line is printed after the bar, not under it
-    with tqdm(total=len(pending), desc="make-aff-labels", dynamic_ncols=True,
-              disable=not distributed.current().is_main) as bar:
-        if processes == 1:
-            for name in pending:
-                label_one(name)
-                bar.update()
-        else:
-            # fork shares the already-imported modules; the CRF itself holds no threads or locks
-            with mp.get_context("fork").Pool(processes) as pool:
-                for _ in pool.imap_unordered(label_one, pending, chunksize=1):
-                    bar.update()
+    # the CRF is numpy and C++ only: nothing in the workers touches torch's thread pool
+    map_in_processes(LabelJob(cfg), pending, processes, "make-aff-labels", progress=distributed.current().is_main)
     seconds = time.time() - t0
     distributed.barrier()
     result: dict[str, Any] = {"images": len(pending), "seconds": seconds, "processes": processes,
