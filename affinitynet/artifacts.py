@@ -35,7 +35,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -136,6 +136,12 @@ class WorkDir:
         return self.root / "seg_pred"
 
     @property
+    def label_folders(self) -> tuple[tuple[str, str, Path], ...]:
+        """The stages' label-map folders in pipeline order, as (key, title in pictures, folder)."""
+        return (("cam-pred", "CAM prediction", self.cam_pred), ("confident", "confident (CRF)", self.aff_labels),
+                ("pseudo", "random walk", self.pseudo_labels), ("seg", "segmentation net", self.seg_pred))
+
+    @property
     def vis(self) -> Path:
         return self.root / "vis"
 
@@ -191,6 +197,11 @@ def new_temp_file(path: Path) -> Path:
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_lines(path: str | Path, lines: Iterable[str]) -> None:
+    """A text file of one item per line (split lists, classes.txt), UTF-8, atomically."""
+    write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -6,9 +6,10 @@ check, process)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
+from affinitynet.algorithms.resize import resize_image
 from affinitynet.config import RunConfig, TrainingConfig
 from affinitynet.conventions import STRIDE
 from affinitynet.data.transforms import normalize
@@ -46,6 +48,12 @@ def working_scale(long_side: int, image_hw: tuple[int, int]) -> float:
     """Factor from an image's native size to the working size: ``long_side`` / its long side,
     or 1 for ``long_side`` 0 (native sizes, the paper)."""
     return long_side / max(image_hw) if long_side else 1.0
+
+
+def working_image(image: np.ndarray, long_side: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image at the working size (``working_scale``); itself when native."""
+    factor = working_scale(long_side, image.shape[:2])
+    return resize_image(image, factor) if factor != 1 else image
 
 
 PROFILE_SAMPLE = 500  # images whose sizes are read for the profile (evenly spread)
@@ -201,30 +209,33 @@ def check_image_size(voc: VOCDataset, name: str, size: tuple[int, int], min_size
                          f"(needs at least {min_size[1]}x{min_size[0]} px){'; ' + hint if hint else ''}")
 
 
-class ImageSource(torch.utils.data.Dataset):
-    """(name, image, image label) per image; decoded in DataLoader workers so that loading
-    overlaps the network. A bad image comes back as its error instead of the image."""
+class Decoded(torch.utils.data.Dataset):
+    """(index, ``load(item)``) per item, decoded in DataLoader workers so that loading overlaps
+    the network. A bad item comes back as its error instead of the loaded value."""
 
-    def __init__(self, voc: VOCDataset, names: list[str]) -> None:
-        self.voc, self.names = voc, names
+    def __init__(self, items: Sequence[Any], load: Callable[[Any], Any]) -> None:
+        self.items, self.load = items, load
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[str, np.ndarray | AffinityNetError, np.ndarray | None]:
-        name = self.names[i]
+    def __getitem__(self, i: int) -> tuple[int, Any]:
         try:
-            return name, self.voc.load_image(name), self.voc.image_labels(name)
+            return i, self.load(self.items[i])
         except AffinityNetError as exc:
             # returned, and raised by the main process: raised in a worker it would arrive
             # wrapped in the worker's traceback, and the workers of the failed loader would take
             # seconds to stop
-            return name, exc, None
+            return i, exc
+
+
+def _image_and_label(voc: VOCDataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+    return voc.load_image(name), voc.image_labels(name)
 
 
 def for_each_image(voc: VOCDataset, names: list[str], output: Callable[[str], Path], out_dirs: list[Path],
-                   process: Callable[[str, np.ndarray, np.ndarray], None], *, num_workers: int, desc: str,
-                   min_size: tuple[int, int] = (STRIDE, STRIDE), why: str = "the stride-8 grid") -> dict[str, Any]:
+                   process: Callable[[str, np.ndarray, np.ndarray], None], *, num_workers: int,
+                   desc: str) -> dict[str, Any]:
     """Run ``process(name, image (H, W, 3) uint8, image label (C,))`` on this rank's share of
     ``names`` whose ``output(name)`` does not exist yet, with ``num_workers`` decoding processes
     and a progress bar; ``process`` writes the outputs, ``output(name)`` last (it marks the image
@@ -232,14 +243,15 @@ def for_each_image(voc: VOCDataset, names: list[str], output: Callable[[str], Pa
     outputs. Ends at a barrier (every rank finished). Returns {"images", "seconds"} of this rank."""
     pending = todo(names, output, out_dirs)
     t0 = time.time()
-    loader = torch.utils.data.DataLoader(ImageSource(voc, pending), batch_size=None,
+    loader = torch.utils.data.DataLoader(Decoded(pending, functools.partial(_image_and_label, voc)), batch_size=None,
                                          num_workers=num_workers if pending else 0)
-    for name, image, label in tqdm(loader, desc=desc, total=len(pending), dynamic_ncols=True,
-                                   disable=not distributed.current().is_main):
-        if isinstance(image, AffinityNetError):
-            raise image
+    for i, loaded in tqdm(loader, desc=desc, total=len(pending), dynamic_ncols=True,
+                          disable=not distributed.current().is_main):
+        if isinstance(loaded, AffinityNetError):
+            raise loaded
+        name, (image, label) = pending[i], loaded
         image = np.asarray(image)  # the loader hands arrays over as tensors
-        check_image_size(voc, name, image.shape[:2], min_size, why)
+        check_image_size(voc, name, image.shape[:2], (STRIDE, STRIDE), "the stride-8 grid")
         process(name, image, np.asarray(label))
     distributed.barrier()
     return {"images": len(pending), "seconds": time.time() - t0}

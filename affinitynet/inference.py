@@ -21,10 +21,10 @@ from affinitynet import artifacts
 from affinitynet.algorithms.cam import multiscale_cam
 from affinitynet.algorithms.crf import dense_crf
 from affinitynet.algorithms.random_walk import propagate_cams
-from affinitynet.algorithms.resize import resize_image, resize_label, resize_maps
+from affinitynet.algorithms.resize import resize_label, resize_maps
 from affinitynet.algorithms.segmentation import multiscale_probabilities, probabilities_to_label
 from affinitynet.common import (backbone_of, image_affinity, image_to, inference_net, load_trained, open_dataset,
-                                torch_threads, working_scale)
+                                torch_threads, working_image, working_scale)
 from affinitynet.config import MakeCamConfig, RandomWalkConfig, RunConfig, SegmentConfig, load_config
 from affinitynet.data.images import to_rgb
 from affinitynet.data.transforms import normalize
@@ -48,8 +48,7 @@ def pseudo_label_of_image(affinity_net: torch.nn.Module, image: np.ndarray, keys
                           channels_last: bool = False) -> np.ndarray:
     """random-walk's pseudo label of one image: AffinityNet and the walk at the working size,
     the label back at the native size: (H, W) uint8."""
-    factor = working_scale(long_side, image.shape[:2])
-    work = resize_image(image, factor) if factor != 1 else image
+    work = working_image(image, long_side)
     aff = image_affinity(affinity_net, work, settings.radius, device, channels_last)
     # 256 short sparse products: one thread (on the CPU), as the cores serve the loader workers too
     with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):

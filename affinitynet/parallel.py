@@ -4,10 +4,16 @@ prepare-coco): a function of one item, mapped over items with a progress bar."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from tqdm import tqdm
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def map_in_processes(fn: Callable[[Any], Any], items: Sequence[Any], processes: int, desc: str,

@@ -99,7 +99,7 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
         from affinitynet import report  # matplotlib: loaded here, not with the CLI
 
         print(f"report: {report.write_report(wd.root)}")
-        warnings = [f"{key}: {w}" for key, m in metrics.items() if isinstance(m, dict) for w in m.get("warnings", [])]
+        warnings = [f"{key}: {w}" for key, w in report.run_warnings(metrics)]
         if warnings:
             print("affinitynet: warnings of this run (details under 'diagnostics' in metrics.json):", file=sys.stderr)
             for w in warnings:
@@ -121,9 +121,7 @@ def save_pictures(cfg: C.RunConfig, count: int = 6) -> list[Path]:
         image = voc.load_image(name)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
         labels = {title: load_label_png(wd.png(folder, name)) if wd.png(folder, name).exists() else None
-                  for title, folder in (("CAM prediction", wd.cam_pred), ("confident (CRF)", wd.aff_labels),
-                                        ("random walk", wd.pseudo_labels),
-                                        ("segmentation net", wd.seg_pred))}
+                  for _, title, folder in wd.label_folders}
         labels["ground truth"] = voc.load_gt(name) if voc.has_gt(name) else None
         written.append(visualize.overview(wd.vis / f"{name}.png", image, keys, maps, labels, voc.classes))
     return written

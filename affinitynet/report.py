@@ -166,10 +166,15 @@ def _header(r: _Report) -> str:
     return (f'<header><h1>AffinityNet run report</h1><p class="facts">{" · ".join(facts)}</p>{notes}</header>')
 
 
+def run_warnings(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """(stage key, warning) of every stage in a run's metrics."""
+    return [(key, str(w)) for key, m in metrics.items() if isinstance(m, dict) for w in (m.get("warnings") or [])]
+
+
 def _warnings(r: _Report) -> str:
     if r.metrics is None:
         return ""
-    items = [(key, str(w)) for key, m in r.metrics.items() if isinstance(m, dict) for w in (m.get("warnings") or [])]
+    items = run_warnings(r.metrics)
     if not items:
         return '<section id="warnings"><p class="ok">No warnings: the diagnostics found nothing suspicious.</p></section>'
     lis = "".join(f"<li><b>{esc(EVALUATIONS.get(key, key))}</b>: {esc(w)}</li>" for key, w in items)
@@ -209,7 +214,7 @@ def _scores(r: _Report) -> str:
         series = {_column_title(r, k): [m["per_class"].get(c) for c in classes] for k, m in per_class.items()}
         chart = _chart(r, "class-iou", "IoU per class of each stage",
                        lambda p, t: visualize.class_iou_chart(p, classes, series, t))
-        parts.append(f'<div class="row">{_class_table(r, per_class)}{chart}</div>')  # side by side when wide
+        parts.append(f'<div class="row">{_class_table(r, per_class, classes)}{chart}</div>')  # side by side when wide
     parts.append(_diagnostics(present))
     parts.append("</section>")
     return "".join(parts)
@@ -223,11 +228,8 @@ def _column_title(r: _Report, key: str) -> str:
     return EVALUATIONS[key]
 
 
-def _class_table(r: _Report, per_class: dict[str, dict[str, Any]]) -> str:
+def _class_table(r: _Report, per_class: dict[str, dict[str, Any]], classes: list[str]) -> str:
     """Classes as rows, stages as columns, the best stage of each row in bold."""
-    classes: dict[str, None] = {}
-    for m in per_class.values():
-        classes.update(dict.fromkeys(m["per_class"]))
     head = "".join(f"<th>{esc(_column_title(r, k))}</th>" for k in per_class)
     body = []
     for c in [*classes, None]:
@@ -287,7 +289,7 @@ def _training(r: _Report) -> str:
             summary.append(f"last train loss {_num(last.get('train_loss'), 4)}")
             if last.get("val_loss") is not None:
                 summary.append(f"val loss {_num(last.get('val_loss'), 4)}")
-            summary.append(f"{_num(sum(_float(x.get('seconds')) or 0 for x in ep), 0)} s of epochs")
+            summary.append(f"{_num(sum(_float(x.get('seconds')) for x in ep), 0)} s of epochs")
         parts.append(f'<h3>{esc(title)}</h3><p>{esc("; ".join(summary))}</p>')
         parts.append(_chart(r, f"training-{attr}", f"loss and learning rate of the {title}",
                             lambda p, t, title=title, sa=step_arrays, ea=epoch_arrays:
@@ -297,11 +299,11 @@ def _training(r: _Report) -> str:
 
 
 def _sweep(r: _Report) -> str:
-    sweep = _stage(r, "cam").get("sweep")
+    cam = _stage(r, "cam")
+    sweep = cam.get("sweep")
     if not isinstance(sweep, dict) or not sweep.get("thresholds"):
         return ""
     used = r.cfg.make_cam.bg_score if r.cfg is not None else None
-    cam = _stage(r, "cam")
     text = (f"mIoU of the CAM prediction for each background threshold; the run used {_num(used, 2)}, "
             f"the best is {_num(cam.get('best_threshold'), 2)} (mIoU {_num(cam.get('best_miou'))}).")
     chart = _chart(r, "cam-sweep", "CAM mIoU against the background threshold",
@@ -314,7 +316,7 @@ def _run_facts(r: _Report) -> str:
     seconds = (r.metrics or {}).get("seconds")
     if isinstance(seconds, dict) and seconds:
         rows = "".join(f"<tr><th>{esc(k)}</th><td>{_duration(v)}</td></tr>" for k, v in seconds.items())
-        total = sum(_float(v) or 0 for v in seconds.values())
+        total = sum(_float(v) for v in seconds.values())
         parts.append(f'<table class="times"><thead><tr><th>stage</th><th>time</th></tr></thead><tbody>{rows}'
                      f'<tr class="total"><th>total</th><td>{_duration(total)}</td></tr></tbody></table>')
     else:
@@ -331,19 +333,30 @@ def _run_facts(r: _Report) -> str:
 def image_scores(voc: VOCDataset, names: Iterable[str], folder: Path) -> dict[str, float]:
     """mIoU (percent, over the classes in the prediction or the ground truth) of each image's
     label ``folder/<name>.png`` against its ground truth; images without either are left out."""
-    k = voc.num_classes + 1
     out = {}
     for name in names:
         path = WorkDir.png(folder, name)
         if not voc.has_gt(name) or not path.is_file():
             continue
         try:
-            gt, pred = voc.load_gt(name), load_label_png(path)
-            if pred.shape == gt.shape:
-                out[name] = mean_iou(confusion_matrix(pred, gt, k))
-        except (InputError, ValueError):
-            continue  # unreadable or out of range: the gallery shows the reason, the choice skips it
-    return {n: v for n, v in out.items() if v == v}
+            iou = label_iou(load_label_png(path), voc.load_gt(name), voc.num_classes)
+        except InputError:
+            continue  # unreadable: the gallery shows the reason, the choice skips it
+        if iou is not None:
+            out[name] = iou
+    return out
+
+
+def label_iou(pred: np.ndarray | None, gt: np.ndarray | None, num_classes: int) -> float | None:
+    """mIoU (percent) of one label map against its ground truth; None without either, for
+    another shape or values out of range, or when no class occurs."""
+    if pred is None or gt is None:
+        return None
+    try:
+        iou = mean_iou(confusion_matrix(pred, gt, num_classes + 1))
+    except ValueError:
+        return None
+    return iou if iou == iou else None
 
 
 def choose_gallery(names: list[str], scores: dict[str, float], count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -392,39 +405,37 @@ def _card(r: _Report, index: int, name: str, why: str, rw_iou: float | None) -> 
     stem = f"{index:03d}-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"
     figures, problems = [], []
 
-    def panel(title: str, slug: str, make: Callable[[], np.ndarray | None], label: bool = False) -> None:
+    def panel(title: str, slug: str, make: Callable[[], np.ndarray | None], label: bool = False) -> np.ndarray | None:
+        """The picture of ``make()`` in the card; returns the array (None when unreadable)."""
         try:
             array = make()
         except InputError as exc:  # one unreadable file: say so, show the rest
             problems.append(str(exc))
-            return
+            return None
         if array is not None:
             figures.append(_picture(r, f"{stem}-{slug}", title, array, label))
+        return array
 
-    image: dict[str, np.ndarray] = {}
-    panel("image", "image", lambda: image.setdefault("rgb", r.voc.load_image(name)))
-    if "rgb" in image and r.wd.cam_file(name).is_file():
+    rgb = panel("image", "image", lambda: r.voc.load_image(name))
+    if rgb is not None and r.wd.cam_file(name).is_file():
         try:
-            keys, maps = artifacts.load_cam(r.wd.cam_file(name), image["rgb"].shape[:2], r.voc.num_classes)
+            keys, maps = artifacts.load_cam(r.wd.cam_file(name), rgb.shape[:2], r.voc.num_classes)
             for key, cam in zip(keys.tolist(), maps):
                 cls = r.voc.classes[key]
-                panel(f"CAM {cls}", f"cam{key}", lambda cam=cam: visualize.cam_overlay(image["rgb"], cam))
+                panel(f"CAM {cls}", f"cam{key}", lambda cam=cam: visualize.cam_overlay(rgb, cam))
         except InputError as exc:
             problems.append(str(exc))
-    for title, slug, folder in (("CAM prediction", "cam-pred", r.wd.cam_pred),
-                                ("confident (CRF)", "confident", r.wd.aff_labels),
-                                ("random walk", "pseudo", r.wd.pseudo_labels),
-                                ("segmentation net", "seg", r.wd.seg_pred)):
+    labels = {}
+    for slug, title, folder in r.wd.label_folders:
         path = WorkDir.png(folder, name)
         if path.is_file():
-            panel(title, slug, lambda path=path: load_label_png(path), label=True)
-    if r.voc.has_gt(name):
-        panel("ground truth", "gt", lambda: r.voc.load_gt(name), label=True)
+            labels[slug] = panel(title, slug, lambda path=path: load_label_png(path), label=True)
+    gt = panel("ground truth", "gt", lambda: r.voc.load_gt(name), label=True) if r.voc.has_gt(name) else None
 
     facts = [f'<span class="tag {esc(why)}">{esc(why)}</span>']
     if rw_iou is not None:
         facts.append(f"random walk IoU {_num(rw_iou)}")
-    seg = image_scores(r.voc, [name], r.wd.seg_pred).get(name)
+    seg = label_iou(labels.get("seg"), gt, r.voc.num_classes)
     if seg is not None:
         facts.append(f"segmentation net IoU {_num(seg)}")
     try:
@@ -549,13 +560,14 @@ figcaption { font-size: 12px; color: var(--muted); margin-top: 2px; }
 
 
 def _page(wd: WorkDir, body: list[str]) -> str:
+    main = "".join(body)
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
         ("warnings", "warnings"), ("scores", "scores"), ("training", "training"), ("sweep", "CAM threshold"),
-        ("gallery", "gallery"), ("run", "times & config")) if f'id="{a}"' in "".join(body))
+        ("gallery", "gallery"), ("run", "times & config")) if f'id="{a}"' in main)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         "<meta name=\"color-scheme\" content=\"light dark\">"
         "<link rel=\"icon\" href=\"data:,\">"  # no favicon request (a file:// page would log a 404)
         f"<title>AffinityNet report: {esc(wd.root.resolve().name)}</title><style>{_CSS}</style></head>"
-        f"<body><nav><b>AffinityNet report</b>{nav}</nav><main>{''.join(body)}</main></body></html>\n")
+        f"<body><nav><b>AffinityNet report</b>{nav}</nav><main>{main}</main></body></html>\n")

@@ -79,7 +79,7 @@ def class_iou_chart(path: str | Path, classes: list[str], series: dict[str, list
     width = 0.8 / max(1, len(series))
     x = np.arange(n)
     for i, (title, values) in enumerate(series.items()):
-        heights = np.array([np.nan if v is None else v for v in values], dtype=float)
+        heights = np.asarray(values, dtype=float)  # None -> NaN: no bar
         ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=title,
                color=theme.series[i % len(theme.series)])
     ax.set_xticks(x, classes, rotation=35 if n > 8 else 0, ha="right" if n > 8 else "center")
@@ -99,7 +99,7 @@ def sweep_chart(path: str | Path, thresholds: list[float], miou: list[float | No
     fig = Figure(figsize=(6.0, 3.2))
     ax = fig.subplots()
     t = np.asarray(thresholds, dtype=float)
-    m = np.array([np.nan if v is None else v for v in miou], dtype=float)
+    m = np.asarray(miou, dtype=float)  # None -> NaN
     ax.plot(t, m, marker="o", markersize=3, color=theme.series[0], label="CAM mIoU")
     if np.isfinite(m).any():
         best = int(np.nanargmax(m))

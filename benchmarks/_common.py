@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from affinitynet.parallel import usable_cores  # noqa: F401  (the benchmarks' core count is the package's)
+
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else ``platform.processor()``."""
@@ -25,11 +27,6 @@ def cpu_model() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return model
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def load_average() -> float:

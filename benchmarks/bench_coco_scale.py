@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when l
 from affinitynet import artifacts  # noqa: E402
 from affinitynet.data.images import save_label_png  # noqa: E402
 from affinitynet.data.prepare_coco import Instance, MaskTask, prepare_coco, write_mask  # noqa: E402
-from _common import machine, print_table_header, run_main  # noqa: E402
+from _common import load_average, machine, print_table_header, run_main  # noqa: E402
 
 COCO_TRAIN, COCO_VAL = 82_081, 40_137  # COCO 2014 images with at least one annotation
 COCO_IMAGES = COCO_TRAIN + COCO_VAL
@@ -343,7 +343,7 @@ def _report(args: argparse.Namespace, base: Path) -> int:
           f"{big['mask_ms'] * args.coco_size_samples / 1000:.1f} s / {args.coco_size_samples} | "
           f"{big['mask_ms']:.1f} ms | {big['mask_ms'] * COCO_IMAGES / 1000 / 60:.1f} min (1 process) |")
 
-    print(f"\n### Disk per image at COCO size (640x480; CAMs with 3 present classes of 80)\n")
+    print("\n### Disk per image at COCO size (640x480; CAMs with 3 present classes of 80)\n")
     print_table_header("output", "per image", f"total for {COCO_IMAGES:,} images", align="lrr")
     rows = [("JPEGImages/ symlink (prepare-coco)", disk_bytes(link), COCO_IMAGES),
             ("SegmentationClass/ ground truth (prepare-coco)", big["gt"], COCO_IMAGES),
@@ -358,7 +358,7 @@ def _report(args: argparse.Namespace, base: Path) -> int:
         print(f"| {what} | {per / 1024:.1f} KiB | {_gib(per * n) if per * n >= 2**30 else _mib(per * n)} |")
     print(f"| **all per-image outputs** | | **{_gib(total)}** |")
 
-    print(f"\n### A rerun's bookkeeping (train split; nothing left to do)\n")
+    print("\n### A rerun's bookkeeping (train split; nothing left to do)\n")
     small, full = rerun_costs(data, args.small), rerun_costs(data, None)
     print_table_header("step", f"{small['images']:,} images", f"{full['images']:,} images", "per image (small / all)",
                        f"extrapolated to {COCO_IMAGES:,} images", align="lrrrr")
@@ -369,17 +369,15 @@ def _report(args: argparse.Namespace, base: Path) -> int:
         print(f"| {what} | {small[key]:.3f} s | {full[key]:.3f} s | {1e6 * ps:.1f} / {1e6 * pf:.1f} µs | "
               f"{pf * COCO_IMAGES:.1f} s |")
 
-    print(f"\n### Memory (fresh process each; peak RSS growth during the call over the RSS before it)\n")
+    print("\n### Memory (fresh process each; peak RSS growth during the call over the RSS before it)\n")
     print_table_header("call", "images", "RSS before", "peak growth", "time", align="lrrrr")
-    mem = []
     for kind, split, what in (("loop", "train", "per-image loop (for_each_image, one PNG per image)"),
                               ("eval", "val", "evaluation (evaluate_folder)")):
         for count in (args.small, 10**9):
             r = measure(kind, data, split, count, work)
-            mem.append((kind, r))
             print(f"| {what} | {r['images']:,} | {r['before_mib']:.0f} MiB | {r['growth_mib']:.1f} MiB | "
                   f"{r['seconds']:.1f} s |")
-    print(f"\nLoad average at end: {os.getloadavg()[0]:.2f}.")
+    print(f"\nLoad average at end: {load_average():.2f}.")
     return 0
 
 

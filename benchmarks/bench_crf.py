@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['cpu_per_image']:.3f} | {r['busy']:.2f} | "
                       f"{'yes' if r['once'] else 'NO'} ({r['calls']} calls, {r['outputs']} PNGs) |",
                       flush=True)
-    print(f"\nLoad average at end: {os.getloadavg()[0]:.2f}. CPU s/image: CPU time of the stage's "
+    print(f"\nLoad average at end: {load_average():.2f}. CPU s/image: CPU time of the stage's "
           f"processes (parent + workers) per image; cores busy: that CPU time over the stage's "
           f"wall time. Equal CPU s/image for 1 and 2 processes means the pool adds no work; a "
           f"'cores busy' well under the process count means the cores were taken by other "

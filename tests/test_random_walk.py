@@ -9,8 +9,8 @@ from conftest import golden_cases, rel_err
 
 from affinitynet.algorithms.affinity import affinity_from_features, dense_affinity
 from affinitynet.algorithms.pairs import from_region, pair_offsets
-from affinitynet.algorithms.random_walk import (background_score, propagate_cams, random_walk,
-                                                random_walk_dense, transition_csr)
+from affinitynet.algorithms.random_walk import (background_score, propagate_cams, propagate_cams_settings,
+                                                random_walk, random_walk_dense, transition_csr)
 
 # the paper's walk (Sec. 3.4) on VOC's 20 classes
 PAPER = {"alpha": 16, "beta": 8, "logt": 8, "radius": 5, "num_classes": 20}
@@ -94,6 +94,22 @@ def test_sparse_other_beta_logt_radius():
     dense = random_walk_dense(cams.reshape(2, -1), dense_affinity(aff, h, w, radius), 2, 3)
     sparse = random_walk(cams, aff, h, w, beta=2, logt=3, radius=radius)
     assert rel_err(sparse.reshape(2, -1), dense) <= 1e-10
+
+
+def test_one_walk_for_many_settings_is_each_walk():
+    """tune's form: several background powers and logts from one walk give the labels of a walk
+    per setting."""
+    height, width = 77, 93  # a 10x12 grid at stride 8
+    aff = random_affinity(10, 12, 3)
+    g = torch.Generator().manual_seed(7)
+    maps = (torch.rand(2, height, width, generator=g, dtype=torch.float64) ** 3).numpy()
+    keys = np.array([1, 4])
+    labels = propagate_cams_settings(keys, maps, aff, [4.0, 16.0], 8.0, [2, 5], radius=5)
+    assert sorted(labels) == [(4.0, 2), (4.0, 5), (16.0, 2), (16.0, 5)]
+    for (alpha, logt), label in labels.items():
+        expected, _ = propagate_cams(keys, maps, aff, (height, width), alpha=alpha, beta=8.0, logt=logt, radius=5,
+                                     num_classes=20)
+        assert np.array_equal(label, expected)
 
 
 def test_transition_is_column_normalised():

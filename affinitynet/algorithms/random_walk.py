@@ -184,3 +184,22 @@ def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torc
     full[0] = scores[0]
     full[keys.to(scores.device) + 1] = scores[1:]
     return label, full.float()
+
+
+def propagate_cams_settings(cam_keys: np.ndarray, cam_maps: np.ndarray, aff: torch.Tensor, alphas: list[float],
+                            beta: float, logts: list[int], radius: int) -> dict[tuple[float, int], np.ndarray]:
+    """``propagate_cams`` (sparse) of one image for every background power in ``alphas`` and
+    every ``logt``, from one walk: the walk is linear, so each background power is a channel
+    of its own, and the scores are kept after 2^logt steps for each logt.
+
+    ``cam_keys`` (K,) ascending, ``cam_maps`` (K, H, W) in [0, 1], ``aff`` as in
+    ``propagate_cams``. Returns {(alpha, logt): (H, W) uint8 label}.
+    """
+    keys = torch.as_tensor(np.asarray(cam_keys), dtype=torch.int64).reshape(-1)
+    maps = torch.as_tensor(cam_maps).to(device=aff.device, dtype=aff.dtype)
+    backgrounds = torch.stack([background_score(maps, a) for a in alphas])
+    grid = cam_grid(torch.cat([backgrounds, maps]))  # (len(alphas) + K, h, w)
+    h, w = grid.shape[-2:]
+    walked = random_walk_steps(grid, aff, h, w, beta, tuple(logts), radius)
+    return {(alpha, logt): label_from_scores(torch.cat([s[i:i + 1], s[len(alphas):]]), keys, maps.shape[1:])
+            for logt, s in walked.items() for i, alpha in enumerate(alphas)}

@@ -57,15 +57,16 @@ from PIL import Image, UnidentifiedImageError
 from affinitynet import artifacts
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.images import save_label_png
+from affinitynet.data.voc import IMAGE_EXTS
 from affinitynet.errors import InputError
-from affinitynet.parallel import map_in_processes
+from affinitynet.parallel import map_in_processes, usable_cores
 
 #: (split name in the output, image folder, annotation file) of COCO 2014
 SPLITS: tuple[tuple[str, str, str], ...] = (
     ("train", "train2014", "instances_train2014.json"),
     ("val", "val2014", "instances_val2014.json"),
 )
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what VOCDataset.image_path finds
+_IMAGE_SUFFIXES = tuple(dict.fromkeys(ext.lower() for ext in IMAGE_EXTS))  # what VOCDataset.image_path finds
 # Pillow's ImageOps.exif_transpose: orientation tag -> the transpose that makes the image upright
 _EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -337,16 +338,12 @@ def link_images(sources: list[tuple[Path, str]], folder: Path) -> dict[str, int]
 
 
 # -- the whole preparation -----------------------------------------------------------------------
-def _tasks(split: SplitAnnotations, image_dir: Path, gt_dir: Path, done: set[str]) -> Iterator[MaskTask]:
-    for im in split.images:
-        instances = split.instances.get(im["id"])
-        if instances and f"{im['name']}.png" not in done:
-            yield MaskTask(im["name"], image_dir / im["file"], im["height"], im["width"], tuple(instances),
-                           gt_dir / f"{im['name']}.png", split.path)
-
-
-def _text(path: Path, lines: Iterable[str]) -> None:
-    artifacts.write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
+def _tasks(split: SplitAnnotations, with_objects: list[dict[str, Any]], image_dir: Path, gt_dir: Path,
+           done: set[str]) -> Iterator[MaskTask]:
+    for im in with_objects:
+        if f"{im['name']}.png" not in done:
+            yield MaskTask(im["name"], image_dir / im["file"], im["height"], im["width"],
+                           tuple(split.instances[im["id"]]), gt_dir / f"{im['name']}.png", split.path)
 
 
 def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = None, processes: int = 0,
@@ -360,7 +357,7 @@ def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = N
     artifacts.remove_stale_tmp(gt_dir)  # of a killed run
     artifacts.remove_stale_tmp(jpeg_dir)
     if processes <= 0:
-        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        processes = usable_cores()
     categories: list[tuple[int, str]] | None = None
     lists: dict[str, list[str]] = {}
     labels: dict[str, list[str]] = {}
@@ -389,7 +386,7 @@ def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = N
         counts = link_images([(image_dir / im["file"], Path(im["file"]).name) for im in with_objects], jpeg_dir)
         for key, value in counts.items():
             summary["links"][key] += value
-        tasks = list(_tasks(split, image_dir, gt_dir, _entries(gt_dir)))
+        tasks = list(_tasks(split, with_objects, image_dir, gt_dir, _entries(gt_dir)))
         map_in_processes(write_mask, tasks, processes, f"prepare-coco {split_name} masks", progress, chunksize=16)
         lists[split_name] = [im["name"] for im in with_objects]
         lists[f"no_objects_{split_name}"] = [im["name"] for im in without]
@@ -401,9 +398,9 @@ def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = N
     assert categories is not None
     sets = out_root / "ImageSets" / "Segmentation"
     # written last: a folder with split lists is complete
-    _text(out_root / "classes.txt", (name for _, name in categories))
+    artifacts.write_lines(out_root / "classes.txt", (name for _, name in categories))
     artifacts.write_bytes(out_root / "labels.json", (json.dumps(labels, indent=0) + "\n").encode("utf-8"))
     for split_name, names in lists.items():
-        _text(sets / f"{split_name}.txt", names)
+        artifacts.write_lines(sets / f"{split_name}.txt", names)
     summary["classes"] = len(categories)
     return summary

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from affinitynet import artifacts
 from affinitynet.data.images import save_label_png
 from affinitynet.data.voc import VOC_CLASSES, read_annotation, read_list
 from affinitynet.errors import InputError
@@ -74,13 +75,6 @@ def read_sbd_mask(path: str | os.PathLike, num_classes: int = len(VOC_CLASSES)) 
     if seg.size and (seg.min() < 0 or ((seg > num_classes) & (seg != 255)).any()):
         raise InputError(f"{path}: mask values outside 0..{num_classes} (max {int(seg.max())})")
     return seg.astype(np.uint8)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _link_into(out: Path, voc: Path) -> None:
@@ -130,13 +124,13 @@ def prepare_voc(voc_root: str | os.PathLike, sbd_root: str | os.PathLike | None 
 
     out_root.mkdir(parents=True, exist_ok=True)
     out_sets = out_root / "ImageSets" / "Segmentation"
-    _write_text(out_sets / "train_aug.txt", "".join(f"{n}\n" for n in train_aug))
+    artifacts.write_lines(out_sets / "train_aug.txt", train_aug)
     if out_root.resolve() != voc.resolve():
-        _write_text(out_sets / "train.txt", "".join(f"{n}\n" for n in voc_train))
-        _write_text(out_sets / "val.txt", "".join(f"{n}\n" for n in voc_val))
+        artifacts.write_lines(out_sets / "train.txt", voc_train)
+        artifacts.write_lines(out_sets / "val.txt", voc_val)
         _link_into(out_root, voc)
-    _write_text(out_root / "classes.txt", "".join(f"{c}\n" for c in VOC_CLASSES))
-    _write_text(out_root / "labels.json", json.dumps(labels, indent=0, sort_keys=True) + "\n")
+    artifacts.write_lines(out_root / "classes.txt", VOC_CLASSES)
+    artifacts.write_bytes(out_root / "labels.json", (json.dumps(labels, indent=0, sort_keys=True) + "\n").encode("utf-8"))
 
     converted = copied = 0
     if convert_sbd:

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from affinitynet import artifacts
 from affinitynet.data.images import save_label_png
 
 PATTERNS: tuple[str, ...] = ("stripes", "dots", "checker", "rings", "waves")
@@ -51,10 +52,14 @@ MAX_OBJECTS = 3
 _GAP = 6  # px kept free between objects so every object has its own boundary
 
 
-def class_names(num_classes: int = 5) -> list[str]:
+def pattern_names(patterns: tuple[str, ...], num_classes: int) -> list[str]:
     """Distinct class names: the cue pattern's name, with a number once the patterns repeat."""
-    return [PATTERNS[c % len(PATTERNS)] + (str(c // len(PATTERNS) + 1) if c >= len(PATTERNS) else "")
+    return [patterns[c % len(patterns)] + (str(c // len(patterns) + 1) if c >= len(patterns) else "")
             for c in range(num_classes)]
+
+
+def class_names(num_classes: int = 5) -> list[str]:
+    return pattern_names(PATTERNS, num_classes)
 
 
 def class_color(c: int) -> np.ndarray:
@@ -217,22 +222,30 @@ def make_sample(seed: int, split: str, index: int, num_classes: int = 5,
         cue_pix = np.where(tex, color, 0.5 * color + 0.5 * body)
         patch = np.where(cue[..., None], cue_pix, body)
         patch = patch + rng.normal(0.0, 4.0, size=patch.shape)
-        region = img[y0:y1, x0:x1]
-        region[local] = patch[local]
-        label[y0:y1, x0:x1][local] = c + 1
-        full_mask = np.zeros((height, width), dtype=bool)
-        full_mask[y0:y1, x0:x1] = local
-        full_cue = np.zeros((height, width), dtype=bool)
-        full_cue[y0:y1, x0:x1] = cue
-        grown = _grow(full_mask, _GAP)
-        occupied |= grown
-        ys, xs = np.nonzero(local)
-        sample.boxes.append((x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()), y0 + int(ys.max())))
-        sample.object_classes.append(c)
-        sample.object_masks.append(full_mask)
-        sample.cue_masks.append(full_cue)
+        paste_object(sample, img, occupied, c, y0, x0, local, cue, patch, _GAP)
     sample.image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return sample
+
+
+def paste_object(sample: SyntheticSample, img: np.ndarray, occupied: np.ndarray, c: int, y0: int, x0: int,
+                 local: np.ndarray, cue: np.ndarray, patch: np.ndarray, gap: int) -> None:
+    """Paint object ``c`` into ``img`` (H, W, 3) float and ``sample.label``: its (h, w) mask
+    ``local`` placed at (y0, x0), with the colours ``patch`` (h, w, 3) and the cue pixels
+    ``cue``; record its masks, box and class in ``sample`` and mark it, grown by ``gap`` px,
+    in ``occupied`` (H, W) bool."""
+    h, w = local.shape
+    img[y0:y0 + h, x0:x0 + w][local] = patch[local]
+    sample.label[y0:y0 + h, x0:x0 + w][local] = c + 1
+    full_mask = np.zeros(sample.label.shape, dtype=bool)
+    full_mask[y0:y0 + h, x0:x0 + w] = local
+    full_cue = np.zeros(sample.label.shape, dtype=bool)
+    full_cue[y0:y0 + h, x0:x0 + w] = cue
+    occupied |= _grow(full_mask, gap)
+    ys, xs = np.nonzero(local)
+    sample.boxes.append((x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()), y0 + int(ys.max())))
+    sample.object_classes.append(c)
+    sample.object_masks.append(full_mask)
+    sample.cue_masks.append(full_cue)
 
 
 def _grow(mask: np.ndarray, r: int) -> np.ndarray:
@@ -299,7 +312,7 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int = 0, fa
     for d in (*dirs.values(), sets):
         d.mkdir(parents=True, exist_ok=True)
     classes = names_of(num_classes)
-    (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+    artifacts.write_lines(root / "classes.txt", classes)
     per_class = [0] * num_classes
     n_objects = 0
     sizes: list[tuple[int, int]] = []
@@ -320,7 +333,7 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int = 0, fa
         lists[split] = names
     lists["train_aug"] = lists["train"]
     for split, names in lists.items():
-        (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+        artifacts.write_lines(sets / f"{split}.txt", names)
     return {
         "root": str(root),
         "family": family,

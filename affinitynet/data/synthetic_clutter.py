@@ -24,9 +24,8 @@ import colorsys
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
-from affinitynet.data.synthetic import SyntheticSample, split_id
+from affinitynet.data.synthetic import SyntheticSample, paste_object, pattern_names, split_id
 
 CLUTTER_PATTERNS: tuple[str, ...] = ("zigzag", "grid", "spots", "hatch", "bands", "triangles")
 # cue colours (RGB): saturated, 60 degrees apart in hue
@@ -42,9 +41,7 @@ _FAMILY_ID = 2
 
 
 def clutter_class_names(num_classes: int = 6) -> list[str]:
-    return [CLUTTER_PATTERNS[c % len(CLUTTER_PATTERNS)]
-            + (str(c // len(CLUTTER_PATTERNS) + 1) if c >= len(CLUTTER_PATTERNS) else "")
-            for c in range(num_classes)]
+    return pattern_names(CLUTTER_PATTERNS, num_classes)
 
 
 def clutter_cue_color(c: int) -> np.ndarray:
@@ -193,18 +190,6 @@ def make_clutter_sample(seed: int, split: str, index: int, num_classes: int = 6,
         color = clutter_cue_color(c) * rng.uniform(0.9, 1.05)
         cue_pix = np.where(tex, color, 0.5 * color)
         patch = np.where(cue[..., None], cue_pix, body) + rng.normal(0, 3, size=(h, w, 3))
-        region = img[y0:y0 + h, x0:x0 + w]
-        region[local] = patch[local]
-        label[y0:y0 + h, x0:x0 + w][local] = c + 1
-        mask = np.zeros((height, width), bool)
-        mask[y0:y0 + h, x0:x0 + w] = local
-        cue_mask = np.zeros((height, width), bool)
-        cue_mask[y0:y0 + h, x0:x0 + w] = cue
-        occupied |= ndimage.maximum_filter(mask, size=5)
-        ys, xs = np.nonzero(mask)
-        sample.boxes.append((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
-        sample.object_classes.append(c)
-        sample.object_masks.append(mask)
-        sample.cue_masks.append(cue_mask)
+        paste_object(sample, img, occupied, c, y0, x0, local, cue, patch, gap=2)
     sample.image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return sample

@@ -44,7 +44,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 
-_IMAGE_EXTS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
+IMAGE_EXTS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG")
 _AUTO_LABEL_FILES = ("labels.json", "labels.csv")
 _CSV_HEADER_WORDS = {"image", "name", "filename", "file", "image_id", "id"}
 
@@ -68,7 +68,7 @@ def read_list(path: Path) -> list[str]:
         if not line or line.startswith("#"):
             continue
         token = line.split()[0]
-        name = Path(token).stem if ("/" in token or token.endswith(_IMAGE_EXTS)) else token
+        name = Path(token).stem if ("/" in token or token.endswith(IMAGE_EXTS)) else token
         if name not in seen:
             seen.add(name)
             names.append(name)
@@ -167,7 +167,7 @@ class VOCDataset:
     def image_path(self, name: str, where: Path | None = None) -> Path:
         """Path of image ``name`` in ``JPEGImages`` (``.jpg`` first); InputError when missing."""
         folder = self.root / "JPEGImages"
-        for ext in _IMAGE_EXTS:
+        for ext in IMAGE_EXTS:
             p = folder / f"{name}{ext}"
             if p.is_file():
                 return p

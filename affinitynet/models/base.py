@@ -156,20 +156,6 @@ def backbone_keys(net: nn.Module) -> list[str]:
     return [k for k in net.state_dict() if not k.startswith(head_prefixes)]
 
 
-class _Whole(nn.Module):
-    """A module whose every key is backbone (no head prefixes), for loading a submodule."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
-        return self.module.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
-        return self.module.load_state_dict(*args, **kwargs)
-
-
 def load_backbone_state_dict(net: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Initialise the backbone of ``net`` from pretrained weights or a trained sibling network.
 

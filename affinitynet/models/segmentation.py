@@ -107,7 +107,6 @@ class TorchvisionDeepLabV3(ResNetDeepLab):
         build = getattr(torchvision.models.segmentation, f"deeplabv3_resnet{depth}")
         net = build(weights=None, weights_backbone=None, num_classes=num_classes + 1, aux_loss=aux)
         self.backbone, self.head, self.aux_head = net.backbone, net.classifier, net.aux_classifier
-        self.aux = aux
 
     def new_modules(self) -> list[nn.Module]:
         return [self.head] + ([self.aux_head] if self.aux_head is not None else [])

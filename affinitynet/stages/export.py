@@ -10,7 +10,6 @@ batch, height and width.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any

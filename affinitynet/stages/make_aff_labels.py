@@ -9,7 +9,6 @@ result, background from the high-alpha result, the rest is unsure (255). Writes
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +18,13 @@ import numpy as np
 from affinitynet import artifacts, distributed
 from affinitynet.algorithms.crf import confident_labels, crf_with_background
 from affinitynet.artifacts import WorkDir
-from affinitynet.algorithms.resize import resize_image, resize_label, resize_maps
-from affinitynet.common import announce_sizes, infer_names, open_dataset, report, todo, working_scale
+from affinitynet.algorithms.resize import resize_label, resize_maps
+from affinitynet.common import announce_sizes, infer_names, open_dataset, report, todo, working_image
 from affinitynet.config import AffLabelsConfig, RunConfig
 from affinitynet.data.images import save_label_png
 from affinitynet.diagnostics import confident_regions, confident_warnings
 from affinitynet.evaluation import confident_label_scores, names_with_gt
-from affinitynet.parallel import map_in_processes
+from affinitynet.parallel import map_in_processes, usable_cores
 
 
 def confident_label_map(image: np.ndarray, keys: np.ndarray, maps: np.ndarray,
@@ -54,8 +53,7 @@ class LabelJob:
         image = voc.load_image(name)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
         # the CRF's kernels are in pixels: it runs at the working size, the labels come back
-        factor = working_scale(self.cfg.dataset.long_side, image.shape[:2])
-        work = resize_image(image, factor) if factor != 1 else image
+        work = working_image(image, self.cfg.dataset.long_side)
         label = confident_label_map(work, keys, resize_maps(maps, work.shape[:2]), self.cfg.aff_labels)
         save_label_png(wd.png(wd.aff_labels, name), resize_label(label, image.shape[:2]))
         return name
@@ -66,11 +64,7 @@ def process_count(requested: int) -> int:
     the ranks torchrun started on it."""
     if requested > 0:
         return requested
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // distributed.local_world_size())
+    return max(1, usable_cores() // distributed.local_world_size())
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:

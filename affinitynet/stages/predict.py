@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
+from affinitynet.common import Decoded
 from affinitynet.config import PredictConfig, SegmentConfig
 from affinitynet.data.images import load_rgb, save_label_png
 from affinitynet.data.palette import colorize, VOC_COLORMAP
@@ -76,22 +77,6 @@ def overlay(image: np.ndarray, label: np.ndarray, classes: list[str], opacity: f
     return picture
 
 
-class _Images(torch.utils.data.Dataset):
-    """(index, image or its error) per path, decoded in loader workers."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | AffinityNetError]:
-        try:
-            return i, load_rgb(self.paths[i])
-        except AffinityNetError as exc:
-            return i, exc
-
-
 def run(cfg: PredictConfig) -> dict[str, Any]:
     if not cfg.weights:
         raise InputError("predict: no network given (--weights WORKDIR_OR_PTH)")
@@ -105,8 +90,8 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     segmenter = load_segmenter(cfg.weights, device, settings, None if cfg.long_side < 0 else cfg.long_side)
     out, names = Path(cfg.out), output_names(paths)
     out.mkdir(parents=True, exist_ok=True)
-    artifacts.write_bytes(out / "classes.txt", "".join(f"{c}\n" for c in segmenter.classes).encode())
-    loader = torch.utils.data.DataLoader(_Images(paths), batch_size=None, num_workers=cfg.num_workers)
+    artifacts.write_lines(out / "classes.txt", segmenter.classes)
+    loader = torch.utils.data.DataLoader(Decoded(paths, load_rgb), batch_size=None, num_workers=cfg.num_workers)
     t0, failed, batches = time.time(), [], defaultdict(list)
 
     def flush(size: tuple[int, int]) -> None:

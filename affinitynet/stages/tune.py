@@ -31,13 +31,14 @@ import yaml
 from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.cam import background_score, cam_prediction
+from affinitynet.algorithms.cam import cam_prediction
+from affinitynet.algorithms.metrics import confusion_matrix
 from affinitynet.algorithms.crf import confident_labels, crf_with_background
-from affinitynet.algorithms.random_walk import cam_grid, label_from_scores, random_walk_steps
-from affinitynet.algorithms.resize import resize_image, resize_label, resize_maps
+from affinitynet.algorithms.random_walk import propagate_cams_settings
+from affinitynet.algorithms.resize import resize_label, resize_maps
 from affinitynet.artifacts import WorkDir
 from affinitynet.common import (backbone_of, image_affinity, inference_net, load_trained, open_dataset, torch_threads,
-                                working_scale)
+                                working_image)
 from affinitynet.config import RunConfig
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.errors import InputError
@@ -70,11 +71,9 @@ class Scores:
         self.counts: dict[Hashable, np.ndarray] = {}
 
     def add(self, setting: Hashable, pred: np.ndarray, gt: np.ndarray) -> None:
-        valid = gt != IGNORE_INDEX
-        p = pred[valid].astype(np.int64)
-        p[p == IGNORE_INDEX] = self.k  # the extra column: unsure
-        conf = np.bincount(gt[valid].astype(np.int64) * (self.k + 1) + p, minlength=self.k * (self.k + 1))
-        self.counts[setting] = self.counts.get(setting, 0) + conf.reshape(self.k, self.k + 1)
+        # unsure becomes an extra class k: its column counts the missed pixels, its row is empty
+        conf = confusion_matrix(np.where(pred == IGNORE_INDEX, self.k, pred), gt, self.k + 1)[:self.k]
+        self.counts[setting] = self.counts.get(setting, 0) + conf
 
     def result(self, setting: Hashable) -> dict[str, float]:
         """mIoU (unsure = missed; classes absent from prediction and ground truth left out),
@@ -121,17 +120,12 @@ def _walk_scores(cases: Sequence[Case], alphas: Sequence[float], betas: Sequence
     """Pseudo-label scores of every (alpha, beta, logt)."""
     scores = Scores(num_classes)
     for case in tqdm(cases, desc="tune: random walk", leave=False, dynamic_ncols=True):
-        keys = torch.as_tensor(case.keys)
-        maps = torch.from_numpy(case.work_maps).to(case.aff.dtype)
-        grid = cam_grid(torch.cat([torch.stack([background_score(maps, a) for a in alphas]), maps]))
-        h, w = grid.shape[-2:]
         for beta in betas:
             with torch_threads(1):
-                walked = random_walk_steps(grid, case.aff, h, w, beta, tuple(logts), radius)
-            for logt, s in walked.items():
-                for i, alpha in enumerate(alphas):
-                    label = label_from_scores(torch.cat([s[i:i + 1], s[len(alphas):]]), keys, case.work_maps.shape[1:])
-                    scores.add((alpha, beta, logt), resize_label(label, case.gt.shape), case.gt)
+                labels = propagate_cams_settings(case.keys, case.work_maps, case.aff, list(alphas), beta, list(logts),
+                                                 radius)
+            for (alpha, logt), label in labels.items():
+                scores.add((alpha, beta, logt), resize_label(label, case.gt.shape), case.gt)
     return scores
 
 
@@ -161,8 +155,7 @@ def _load_cases(cfg: RunConfig, names: list[str], device: torch.device) -> list[
     for name in tqdm(names, desc="tune: affinities", leave=False, dynamic_ncols=True):
         image = voc.load_image(name)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        factor = working_scale(cfg.dataset.long_side, image.shape[:2])
-        work = resize_image(image, factor) if factor != 1 else image
+        work = working_image(image, cfg.dataset.long_side)
         aff = image_affinity(net, work, radius, device).cpu()
         cases.append(Case(keys, maps, voc.load_gt(name), work, resize_maps(maps, work.shape[:2]), aff))
     return cases
