@@ -13,6 +13,7 @@ from typing import Any
 
 from affinitynet import config as C
 from affinitynet import pipeline
+from affinitynet.data.synthetic import families
 from affinitynet.errors import AffinityNetError
 from affinitynet.stages import convert_weights, evaluate, export, predict, prepare_coco, prepare_voc, synth, tune
 
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, default=C.SynthConfig.train)
     p.add_argument("--val", type=int, default=C.SynthConfig.val)
     p.add_argument("--seed", type=int, default=C.SynthConfig.seed)
-    p.add_argument("--family", default=C.SynthConfig.family, choices=("shapes", "clutter"),
+    p.add_argument("--family", default=C.SynthConfig.family, choices=tuple(families()),
                    help="shapes: 200-320 px, plain background; clutter: 96-640 px, cluttered background")
     p.add_argument("--scale", type=float, default=C.SynthConfig.scale, help="resize every image by this factor")
 
@@ -114,13 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a trained segmentation network as ONNX or TorchScript")
     p.add_argument("--weights", required=True, help="a work folder or train-seg's final.pth")
     p.add_argument("--out", required=True, help="the file to write (e.g. seg.onnx)")
-    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    p.add_argument("--format", default=C.ExportConfig.format, choices=export.FORMATS)
 
     p = sub.add_parser("demo", help="synthetic data + whole pipeline with the CPU recipe (configs/demo.yaml)")
     p.add_argument("--workdir", default="work/demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
-    p.add_argument("--family", default="shapes", choices=("shapes", "clutter"), help="synthetic family")
+    p.add_argument("--family", default=C.SynthConfig.family, choices=tuple(families()), help="synthetic family")
 
     p = sub.add_parser("report", help="HTML report of a work folder (scores, training curves, CAM sweep, gallery)")
     p.add_argument("workdir", help="the work folder of a run (finished or not)")

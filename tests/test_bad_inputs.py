@@ -438,3 +438,9 @@ def test_backbone_names_match_the_models():
     from affinitynet.models import BACKBONES
 
     assert set(C.BACKBONE_NAMES) == set(BACKBONES)
+
+
+def test_segmentation_model_names_match_the_models():
+    from affinitynet.models import SEGMENTATION_MODELS
+
+    assert set(C.SEGMENTATION_MODEL_NAMES) == set(SEGMENTATION_MODELS)
