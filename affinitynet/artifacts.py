@@ -7,7 +7,9 @@ Layout of a work folder (``RunConfig.workdir``)::
     classifier/                     stage 1: checkpoint.pt (resumable), final.pth, log.jsonl
     cam/<image>.npz                 stage 2a: CAMs (format below)
     cam_pred/<image>.png            stage 2a: CAM prediction (palette PNG)
-    aff_labels/<image>.png          stage 2b: confident labels (0 bg, c+1 object, 255 unsure)
+    crf/<image>.npz                 stage 2b: dense-CRF scores of both alphas (format below)
+    aff_labels/<image>.png          stage 2b: confident labels (0 bg, c+1 object, 255 unsure), for
+                                    pictures, the report and diagnostics
     affinity/                       stage 3: checkpoint.pt, final.pth, log.jsonl
     pseudo_labels/<image>.png       stage 4: random-walk pseudo labels
     segmentation/                   stage 5a: checkpoint.pt, final.pth, log.jsonl
@@ -20,6 +22,13 @@ CAM file format (``.npz``, no pickles), version 1:
 ``version`` int (1), ``keys`` int64 (k,) class indices present in the image (ascending),
 ``maps`` float16 (k, H, W) normalised CAMs in [0, 1], ``image_size`` int64 (2,) = (H, W),
 ``num_classes`` int (the dataset's object classes).
+
+CRF score file format (``.npz``, no pickles), version 1, what AffinityNet trains on (the
+original keeps the same scores, float32, in one ``.npy`` dict per alpha):
+``version`` int (1), ``keys`` int64 (k,) class indices present in the image (ascending),
+``low`` and ``high`` float16 (k+1, h, w) dense-CRF marginals of the low- and high-alpha
+background score, background first, then the keys' classes, at the working size (h, w) =
+``image_size`` int64 (2,).
 
 Every file is written atomically: a temporary file in the same folder, then ``os.replace``;
 so an interrupted stage never leaves a half-written output and a restart skips finished images.
@@ -42,6 +51,7 @@ import numpy as np
 from affinitynet.errors import InputError
 
 CAM_FORMAT_VERSION = 1
+CRF_FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp-"
 
 
@@ -124,6 +134,10 @@ class WorkDir:
         return self.root / "cam_pred"
 
     @property
+    def crf(self) -> Path:
+        return self.root / "crf"
+
+    @property
     def aff_labels(self) -> Path:
         return self.root / "aff_labels"
 
@@ -155,6 +169,9 @@ class WorkDir:
 
     def cam_file(self, name: str) -> Path:
         return self.cam / f"{name}.npz"
+
+    def crf_file(self, name: str) -> Path:
+        return self.crf / f"{name}.npz"
 
     @staticmethod
     def png(folder: Path, name: str) -> Path:
@@ -331,6 +348,58 @@ def load_cam(
     if keys.size and (keys.min() < 0 or keys.max() >= ncls):
         raise InputError(f"{path}: CAM class indices {keys.tolist()} outside 0..{ncls - 1}")
     return keys, maps
+
+
+# ----------------------------------------------------------------------------------------------
+# CRF score files
+# ----------------------------------------------------------------------------------------------
+def save_crf_scores(path: str | Path, keys: np.ndarray, low: np.ndarray, high: np.ndarray,
+                    dtype: type = np.float16) -> None:
+    """Write the CRF scores of one image: keys (k,) class indices, low / high (k+1, h, w) in
+    [0, 1], background first. ``dtype`` float16 (the pipeline's) or float32 (exact)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    low, high = np.asarray(low), np.asarray(high)
+    if low.shape != high.shape or low.ndim != 3 or low.shape[0] != keys.shape[0] + 1:
+        raise ValueError(f"scores {low.shape} / {high.shape} do not match keys {keys.shape} (+ background)")
+    write_bytes(path, npz_bytes({
+        "version": np.int64(CRF_FORMAT_VERSION),
+        "keys": keys,
+        "low": low.astype(dtype),
+        "high": high.astype(dtype),
+        "image_size": np.asarray(low.shape[1:], dtype=np.int64),
+    }))
+
+
+def load_crf_scores(path: str | Path, image_size: tuple[int, int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a CRF score file -> (keys int64 (k,), low, high float32 (k+1, h, w)).
+
+    Raises InputError naming the file and the stage that writes it when it is missing,
+    unreadable (truncated, corrupt), of another version, or made for another image size.
+    """
+    path = Path(path)
+    rewrite = "remove it and run make-aff-labels again, which rewrites it"
+    if not path.exists():
+        raise InputError(f"{path}: CRF scores do not exist (run make-aff-labels first)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            version = int(z["version"])
+            keys = z["keys"].astype(np.int64)
+            low = z["low"].astype(np.float32)
+            high = z["high"].astype(np.float32)
+            size = tuple(int(v) for v in z["image_size"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{path}: not a readable CRF score file ({exc}); {rewrite}") from None
+    if version != CRF_FORMAT_VERSION:
+        raise InputError(f"{path}: CRF score format version {version}, expected {CRF_FORMAT_VERSION}; {rewrite}")
+    if low.shape != high.shape or low.shape != (len(keys) + 1, *size):
+        raise InputError(f"{path}: CRF scores of shape {low.shape} / {high.shape} do not fit {len(keys)} classes "
+                         f"at {size[0]}x{size[1]}; {rewrite}")
+    if image_size is not None and tuple(image_size) != size:
+        raise InputError(f"{path}: CRF scores made for a {size[1]}x{size[0]} image, but the image is "
+                         f"{image_size[1]}x{image_size[0]} at its working size (scores from another dataset or "
+                         f"dataset.long_side?); {rewrite}")
+    return keys, low, high
 
 
 # ----------------------------------------------------------------------------------------------

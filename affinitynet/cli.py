@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images of one size per network pass")
     p.add_argument("--workers", type=int, default=2, help="image decoding processes")
     p.add_argument("--device", default="auto")
+    p.add_argument("--exif-transpose", action="store_true",
+                   help="turn images upright by their EXIF orientation (default: the stored pixel grid)")
 
     p = sub.add_parser("export", help="a trained segmentation network as ONNX or TorchScript")
     p.add_argument("--weights", required=True, help="a work folder or train-seg's final.pth")
@@ -159,7 +161,8 @@ def _dispatch(args: argparse.Namespace) -> Any:
     if cmd == "predict":
         settings = {"weights": args.weights, "inputs": args.inputs, "out": args.out, "overlay": args.overlay,
                     "scales": args.scales, "flip": args.flip, "crf": args.crf, "long_side": args.long_side,
-                    "batch_size": args.batch_size, "num_workers": args.workers, "device": args.device}
+                    "batch_size": args.batch_size, "num_workers": args.workers, "device": args.device,
+                    "exif_transpose": args.exif_transpose}
         return predict.run(C.load_config(C.PredictConfig, values=settings))
     if cmd == "export":
         return export.run(C.ExportConfig(weights=args.weights, out=args.out, format=args.format))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.resize import resize_image
+from affinitynet.algorithms.resize import working_image, working_scale  # noqa: F401 - shared with the stages
 from affinitynet.config import RunConfig, TrainingConfig
 from affinitynet.conventions import STRIDE
 from affinitynet.data.transforms import normalize
@@ -31,7 +31,7 @@ from affinitynet.errors import AffinityNetError, InputError
 def open_dataset(cfg: RunConfig) -> VOCDataset:
     if not cfg.dataset.root:
         raise InputError("no dataset given: set dataset.root (or --dataset DIR)")
-    return VOCDataset(cfg.dataset.root, cfg.dataset.labels or None)
+    return VOCDataset(cfg.dataset.root, cfg.dataset.labels or None, cfg.dataset.exif_transpose)
 
 
 def infer_names(cfg: RunConfig, voc: VOCDataset) -> list[str]:
@@ -44,18 +44,6 @@ def infer_names(cfg: RunConfig, voc: VOCDataset) -> list[str]:
 
 
 # -- the size every stage sees an image at (dataset.long_side) ----------------------------------
-def working_scale(long_side: int, image_hw: tuple[int, int]) -> float:
-    """Factor from an image's native size to the working size: ``long_side`` / its long side,
-    or 1 for ``long_side`` 0 (native sizes, the paper)."""
-    return long_side / max(image_hw) if long_side else 1.0
-
-
-def working_image(image: np.ndarray, long_side: int) -> np.ndarray:
-    """An (H, W, 3) uint8 image at the working size (``working_scale``); itself when native."""
-    factor = working_scale(long_side, image.shape[:2])
-    return resize_image(image, factor) if factor != 1 else image
-
-
 PROFILE_SAMPLE = 500  # images whose sizes are read for the profile (evenly spread)
 
 
@@ -90,9 +78,13 @@ def report(stage: str, line: str, warnings: list[str]) -> None:
 
 def announce_training_sizes(cfg: RunConfig, voc: VOCDataset, names: list[str], stage: str,
                             section: TrainingConfig) -> None:
-    """``announce_sizes`` for a training stage: its random long side and crop."""
-    lo, hi = section.resize_long
-    announce_sizes(cfg, voc, names, stage, f"training resizes the long side to {lo}-{hi} px, crop {section.crop} px")
+    """``announce_sizes`` for a training stage: its random long side (if any) and crop."""
+    if section.resize_long is None:
+        sizes = f"training crops {section.crop} px from the image at that size (no rescale)"
+    else:
+        lo, hi = section.resize_long
+        sizes = f"training resizes the long side to {lo}-{hi} px, crop {section.crop} px"
+    announce_sizes(cfg, voc, names, stage, sizes)
 
 
 # -- networks ----------------------------------------------------------------------------------

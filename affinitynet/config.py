@@ -98,6 +98,7 @@ class PredictConfig:
     batch_size: int = bounded(1, 1, 1024)  # images of one size per network pass
     num_workers: int = bounded(2, 0, 256)
     device: str = "auto"
+    exif_transpose: bool = False  # read images upright by their EXIF orientation (default: stored grid)
 
 
 @dataclass
@@ -125,13 +126,18 @@ class DatasetConfig:
     # first, so that the training crops and resize ranges (px) and the inference scales (x N)
     # mean the same on a dataset of any image size. Outputs stay at the native size.
     long_side: int = bounded(0, 0, 1 << 14)
+    # Read images with their EXIF orientation applied (upright), and turn every ground-truth mask
+    # the same way. Off by default: the original reads the stored pixel grid, and VOC's and COCO's
+    # masks are drawn on it; either way an image and its mask stay aligned.
+    exif_transpose: bool = False
 
 
 @dataclass
 class TrainingConfig:
     """What the three training stages share: the network and its initial weights, SGD with the
     poly schedule, the augmentation and the loop. The defaults are AffinityNet's (PSA
-    train_aff.py); the classifier and the segmentation network change some."""
+    train_aff.py: crop 448 and flip, colour jitter, no rescale, fp32); the classifier and the
+    segmentation network change some."""
 
     backbone: str = ""  # "" = the classifier's (train_cam.backbone)
     weights: str = ""  # ImageNet weights: .params (ResNet-38), .caffemodel (VGG-16), .pth
@@ -142,11 +148,14 @@ class TrainingConfig:
     # The original's SGD received the weight decay as its momentum argument (positional call),
     # so PSA's models were trained with momentum 5e-4 (= the weight decay)
     momentum: float = bounded(5e-4, 0.0, 0.999)
+    # augmentation, in the original's order: random long side (null: none, the image at its
+    # working size), flip, colour jitter (brightness, contrast, saturation, hue), random crop
     crop: int = bounded(448, 8, 1 << 14)
-    resize_long: tuple[int, int] = bounded((448, 768), 8, 1 << 14)  # random long side, low <= high
+    resize_long: tuple[int, int] | None = bounded(None, 8, 1 << 14)  # random long side, low <= high
+    flip: bool = True  # random horizontal flip (off for classes that depend on orientation)
     color_jitter: tuple[float, float, float, float] = bounded((0.3, 0.3, 0.3, 0.1), 0.0, 1.0)
     num_workers: int = bounded(2, 0, 256)  # persistent across epochs
-    amp: bool = True  # bf16 autocast, on CUDA only
+    amp: bool = False  # bf16 autocast, on CUDA only (the original trains in fp32)
     channels_last: bool = True  # NHWC network and input, on CUDA only
     compile: bool = False
     seed: int = 0
@@ -159,7 +168,7 @@ class TrainCamConfig(TrainingConfig):
     backbone: str = "resnet38"
     batch_size: int = 16
     epochs: int = 15
-    resize_long: tuple[int, int] = (256, 512)
+    resize_long: tuple[int, int] | None = (256, 512)  # PSA train_cls.py: RandomResizeLong(256, 512)
 
 
 @dataclass
@@ -222,7 +231,7 @@ class TrainSegConfig(TrainingConfig):
     epochs: int = 12
     lr: float = 0.01  # x10 for the new head (poly schedule, as the other stages)
     momentum: float = 0.9
-    resize_long: tuple[int, int] = (320, 640)
+    resize_long: tuple[int, int] | None = (320, 640)
 
 
 @dataclass
@@ -339,7 +348,7 @@ def validate(cfg: Any, prefix: str = "") -> None:
         if any(not lo <= v <= hi for v in items):
             raise ConfigError(f"config key '{full}' = {value} is out of range [{lo}, {hi}]")
     if isinstance(cfg, TrainingConfig):
-        lo, hi = cfg.resize_long
+        lo, hi = cfg.resize_long or (0, 0)
         if lo > hi:
             raise ConfigError(f"config key '{prefix}resize_long' = {cfg.resize_long}: need low <= high")
         if cfg.backbone not in (*BACKBONE_NAMES, ""):
@@ -347,6 +356,9 @@ def validate(cfg: Any, prefix: str = "") -> None:
                               f"{', '.join(BACKBONE_NAMES)}")
     if isinstance(cfg, TrainCamConfig) and not cfg.backbone:
         raise ConfigError(f"config key '{prefix}backbone' is empty: choose one of {', '.join(BACKBONE_NAMES)}")
+    if isinstance(cfg, TrainAffConfig) and cfg.crop % 8:
+        # the confident labels are averaged over the crop's 8x8 blocks (the stride-8 grid)
+        raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} must be a multiple of 8")
     if isinstance(cfg, TrainAffConfig) and cfg.crop < 8 * (2 * cfg.radius - 1):
         # the crop's stride-8 grid must hold one pair of every offset (width 2*radius-1 cells)
         raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "

@@ -168,10 +168,12 @@ def walk_warnings(diag: dict[str, Any]) -> list[str]:
             "fix the confident background (see above)"]
 
 
-def scale_hint(long_side: int, profile: dict[str, Any], resize_long: tuple[int, int]) -> str:
+def scale_hint(long_side: int, profile: dict[str, Any], resize_long: tuple[int, int] | None) -> str:
     """The scale mismatch, when images are used at their native size but are far from the long
-    sides the classifier was trained at."""
+    sides the classifier was trained at (none when it trained on the images' own sizes)."""
     median = profile["long_side"]["median"]
+    if resize_long is None:
+        return ""
     lo, hi = resize_long
     if long_side or not median or lo * 0.8 <= median <= hi * 1.25:
         return ""

@@ -11,9 +11,13 @@ without any annotation) with its two ``instances_*.json`` files, then measures:
    instances of 16-32 points) the per-mask cost of rasterising and writing, which dominates there;
 2. disk per image of every per-image output at COCO size: the ground-truth PNG, a CAM file
    (``artifacts.save_cam`` of synthetic CAMs: 3 present classes, smooth maps upsampled from the
-   stride-8 grid as make-cam's are), label PNGs shaped like the CAM prediction / pseudo labels /
-   segmentation and like the confident labels (with unsure regions), the image symlink; with the
-   totals for 122,218 images (seg_pred: the 40,137 val images);
+   stride-8 grid as make-cam's are), the CRF score file make-aff-labels keeps for AffinityNet
+   (``artifacts.save_crf_scores`` of the paper's dense CRF with alpha 4 and 32, run on a real
+   photo of the parity data resized to that size, with those CAMs), label PNGs shaped like the
+   CAM prediction / pseudo labels / segmentation and like the confident labels (with unsure
+   regions), the image symlink; with the totals for 122,218 images (seg_pred: the 40,137 val
+   images); and the CRF score files at VOC size (500x375) by number of classes in the image,
+   with the total for VOC's train_aug (10,582 images, by its distribution of class counts);
 3. what a rerun pays before any work, per image, at ``--small`` and at all images: reading and
    checking a split list (``VOCDataset.split``, one stat per image), reading the labels
    (``image_labels`` of every image), and listing the finished outputs (``common.todo``);
@@ -55,6 +59,11 @@ from _common import load_average, machine, print_table_header, run_main  # noqa:
 COCO_TRAIN, COCO_VAL = 82_081, 40_137  # COCO 2014 images with at least one annotation
 COCO_IMAGES = COCO_TRAIN + COCO_VAL
 COCO_SIZE = (480, 640)  # H, W of most COCO images
+VOC_SIZE = (375, 500)  # H, W of most VOC images
+# images of VOC 2012 train_aug (10,582) with 1, 2, ... 6 object classes, counted from the image
+# labels of the original PSA release (voc12/cls_labels.npy); mean 1.56 classes per image
+VOC_TRAIN_AUG_CLASS_COUNTS = {1: 6249, 2: 3104, 3: 969, 4: 210, 5: 46, 6: 4}
+PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "cam_crf_2007_000003.npz"
 SMALL_SIZES = ((48, 64), (64, 48))  # H, W of the generated images
 NUM_CATEGORIES = 80
 
@@ -127,10 +136,11 @@ def build_coco(root: Path, images: int, seed: int = 0) -> dict[str, int]:
 
 
 # -- COCO-size outputs -------------------------------------------------------------------------
-def synthetic_cams(rng: np.random.Generator, classes: int = 3) -> np.ndarray:
-    """(classes, 480, 640) float32 CAM-like maps in [0, 1]: a few Gaussian blobs per class on the
-    stride-8 grid, ReLU'd, bilinearly upsampled and max-normalised, as make-cam's are."""
-    h, w = COCO_SIZE[0] // 8, COCO_SIZE[1] // 8
+def synthetic_cams(rng: np.random.Generator, classes: int = 3, size: tuple[int, int] = COCO_SIZE) -> np.ndarray:
+    """(classes, H, W) float32 CAM-like maps in [0, 1] at ``size`` (default COCO's 480x640): a few
+    Gaussian blobs per class on the stride-8 grid, ReLU'd, bilinearly upsampled and
+    max-normalised, as make-cam's are."""
+    h, w = size[0] // 8, size[1] // 8
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     grid = np.zeros((classes, h, w), np.float32)
     for c in range(classes):
@@ -138,7 +148,7 @@ def synthetic_cams(rng: np.random.Generator, classes: int = 3) -> np.ndarray:
             cy, cx, s = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, 12)
             grid[c] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
         grid[c] = np.maximum(grid[c] + rng.normal(0, 0.02, (h, w)) - 0.05, 0)
-    up = F.interpolate(torch.from_numpy(grid)[None], size=COCO_SIZE, mode="bilinear", align_corners=False)[0].numpy()
+    up = F.interpolate(torch.from_numpy(grid)[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
     return up / np.maximum(up.reshape(classes, -1).max(axis=1), 1e-5)[:, None, None]
 
 
@@ -180,6 +190,25 @@ def coco_size_outputs(folder: Path, count: int, seed: int = 1) -> dict[str, floa
         for kind, name in (("cam", f"cam_{i}.npz"), ("label", f"label_{i}.png"), ("confident", f"confident_{i}.png")):
             sizes[kind].append(disk_bytes(folder / name))
     return {"mask_ms": mask_ms, **{k: float(np.mean(v)) for k, v in sizes.items()}}
+
+
+def crf_score_bytes(folder: Path, size: tuple[int, int], classes: int, count: int, seed: int = 2) -> float:
+    """Mean bytes on disk of the CRF score file of an image of ``size`` with ``classes`` present
+    classes: the paper's CRF (alpha 4 and 32, 10 steps) on a real photo resized to ``size`` with
+    synthetic CAMs, written as make-aff-labels writes it (float16)."""
+    from affinitynet.algorithms.crf import crf_with_background
+
+    rng = np.random.default_rng(seed)
+    photo = np.asarray(Image.fromarray(np.load(PHOTO)["image"]).resize(size[::-1], Image.BICUBIC))
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = []
+    for i in range(count):
+        cams = synthetic_cams(rng, classes, size)
+        low, high = (crf_with_background(photo, cams, alpha, 10) for alpha in (4.0, 32.0))
+        path = folder / f"crf_{classes}_{i}.npz"
+        artifacts.save_crf_scores(path, np.arange(classes), low, high)
+        sizes.append(disk_bytes(path))
+    return float(np.mean(sizes))
 
 
 def disk_bytes(path: Path) -> int:
@@ -297,11 +326,12 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=20_000, help="generated images (train + val)")
     parser.add_argument("--small", type=int, default=1_000, help="the smaller count the growth is compared with")
     parser.add_argument("--coco-size-samples", type=int, default=100, help="COCO-size masks / CAM files measured")
+    parser.add_argument("--crf-samples", type=int, default=4, help="CRF score files measured per size and class count")
     parser.add_argument("--workdir", default="", help="keep the generated data here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="smoke mode: 300 images")
     args = parser.parse_args(argv)
     if args.quick:
-        args.images, args.small, args.coco_size_samples = 300, 60, 4
+        args.images, args.small, args.coco_size_samples, args.crf_samples = 300, 60, 4, 1
     tmp = None if args.workdir else tempfile.mkdtemp(prefix="bench_coco_")
     base = Path(args.workdir or tmp)
     try:
@@ -345,10 +375,12 @@ def _report(args: argparse.Namespace, base: Path) -> int:
 
     print("\n### Disk per image at COCO size (640x480; CAMs with 3 present classes of 80)\n")
     print_table_header("output", "per image", f"total for {COCO_IMAGES:,} images", align="lrr")
+    crf_coco = crf_score_bytes(work / "crf", COCO_SIZE, 3, args.crf_samples)
     rows = [("JPEGImages/ symlink (prepare-coco)", disk_bytes(link), COCO_IMAGES),
             ("SegmentationClass/ ground truth (prepare-coco)", big["gt"], COCO_IMAGES),
             ("cam/*.npz (make-cam)", big["cam"], COCO_IMAGES),
             ("cam_pred/*.png (make-cam)", big["label"], COCO_IMAGES),
+            ("crf/*.npz (make-aff-labels: CRF scores of both alphas, float16)", crf_coco, COCO_IMAGES),
             ("aff_labels/*.png (make-aff-labels, with unsure 255)", big["confident"], COCO_IMAGES),
             ("pseudo_labels/*.png (random-walk)", big["label"], COCO_IMAGES),
             ("seg_pred/*.png (segment, val only)", big["label"], COCO_VAL)]
@@ -357,6 +389,19 @@ def _report(args: argparse.Namespace, base: Path) -> int:
         total += per * n
         print(f"| {what} | {per / 1024:.1f} KiB | {_gib(per * n) if per * n >= 2**30 else _mib(per * n)} |")
     print(f"| **all per-image outputs** | | **{_gib(total)}** |")
+    print(f"\nCOCO train2014 ({COCO_TRAIN:,} images with objects) alone: crf/ {_gib(crf_coco * COCO_TRAIN)}.")
+
+    print("\n### The kept CRF scores at VOC size (500x375), by classes in the image\n")
+    voc_images = sum(VOC_TRAIN_AUG_CLASS_COUNTS.values())
+    print_table_header("classes in the image", "per image (crf/*.npz)", "train_aug images with as many",
+                       "their total", align="rrrr")
+    voc_total = 0.0
+    for classes, n in VOC_TRAIN_AUG_CLASS_COUNTS.items():
+        per = crf_score_bytes(work / "crf_voc", VOC_SIZE, classes, args.crf_samples)
+        voc_total += per * n
+        print(f"| {classes} | {per / 1024:.0f} KiB | {n:,} | {_mib(per * n)} |")
+    print(f"| **train_aug** | **{voc_total / voc_images / 1024:.0f} KiB mean** | **{voc_images:,}** | "
+          f"**{_gib(voc_total)}** |")
 
     print("\n### A rerun's bookkeeping (train split; nothing left to do)\n")
     small, full = rerun_costs(data, args.small), rerun_costs(data, None)

@@ -124,6 +124,7 @@ def run_once(cfg, processes: int, log: Path) -> dict:
     """Run the stage from scratch with ``processes`` workers; check every image was done once."""
     wd = WorkDir(cfg.workdir)
     shutil.rmtree(wd.aff_labels, ignore_errors=True)
+    shutil.rmtree(wd.crf, ignore_errors=True)
     log.unlink(missing_ok=True)
     cfg.aff_labels.processes = processes
     names = VOCDataset(cfg.dataset.root).split("train")

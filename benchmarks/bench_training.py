@@ -6,8 +6,8 @@ CPU part: the real stages, ``train_cam.run`` (tiny backbone classifier, crop 224
 ``train_aff.run`` (tiny AffinityNet, crop 224, batch 8), on the synthetic dataset, with DataLoader
 ``num_workers`` 0 vs 2 side by side (alternating). Images/s is measured on the last epoch (the
 first one also pays one-off costs, among them starting the loader workers, which then persist
-across epochs as in the stage). AffinityNet trains on the ground truth written as its label maps (speed does not depend on
-the labels).
+across epochs as in the stage). AffinityNet trains on CRF scores made from the ground truth (one
+score map per label; speed does not depend on the labels).
 
 CUDA part (runs when ``torch.cuda.is_available()``): step time of ResNet-38 training at crop 448,
 batch 8 (classifier loss; random images, so data loading is excluded) in fp32, bf16 autocast
@@ -35,7 +35,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
 
-from affinitynet.artifacts import WorkDir  # noqa: E402
+from affinitynet.algorithms.resize import resize_label, scaled_size, working_scale  # noqa: E402
+from affinitynet.artifacts import WorkDir, save_crf_scores  # noqa: E402
+from affinitynet.data.images import load_label_png  # noqa: E402
 from affinitynet.data.synthetic import generate  # noqa: E402
 from affinitynet.models import build_classifier, build_optimizer  # noqa: E402
 from affinitynet.pipeline import demo_config  # noqa: E402
@@ -62,11 +64,15 @@ def cpu_rows(n_images: int, epochs: int, rounds: int, tmp: Path, crop: int = 224
              batch_cam: int = 16, batch_aff: int = 8) -> list[dict]:
     cfg = demo_config(tmp / "work")
     generate(cfg.dataset.root, n_train=n_images, n_val=0, seed=0)
-    # AffinityNet's label maps: the ground truth, in the stage's label folder
+    # AffinityNet's input: CRF scores of both alphas, here the ground truth as one-hot scores at
+    # the working size, in the stage's score folder
     wd = WorkDir(cfg.workdir)
-    wd.aff_labels.mkdir(parents=True, exist_ok=True)
     for png in (Path(cfg.dataset.root) / "SegmentationClass").glob("*.png"):
-        shutil.copy(png, wd.aff_labels / png.name)
+        gt = load_label_png(png)
+        gt = resize_label(gt, scaled_size(gt.shape, working_scale(cfg.dataset.long_side, gt.shape)))
+        keys = np.array([k for k in range(1, 255) if (gt == k).any()], np.int64) - 1
+        scores = np.stack([gt == 0, *(gt == k + 1 for k in keys)]).astype(np.float32)
+        save_crf_scores(wd.crf_file(png.stem), keys, scores, scores)
     cfg.train_aff.init_from_classifier = False
     cfg.train_cam.crop = cfg.train_aff.crop = crop
     cfg.train_cam.batch_size, cfg.train_aff.batch_size = batch_cam, batch_aff

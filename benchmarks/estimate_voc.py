@@ -55,13 +55,14 @@ from affinitynet.algorithms.cam import multiscale_cam  # noqa: E402
 from affinitynet.algorithms.random_walk import propagate_cams  # noqa: E402
 from affinitynet.data.synthetic import make_sample  # noqa: E402
 from affinitynet.algorithms.segmentation import multiscale_probabilities  # noqa: E402
-from affinitynet.data.transforms import (AffinityTransform, ClassificationTransform,  # noqa: E402
+from affinitynet.data.transforms import (AffinityAugment, ClassificationTransform,  # noqa: E402
                                          SegmentationTransform, normalize)
 from affinitynet.common import torch_threads  # noqa: E402
 from affinitynet.config import AffLabelsConfig, RunConfig  # noqa: E402
 from affinitynet.models import (build_affinity_net, build_classifier, build_optimizer,  # noqa: E402
                                 build_segmentation_net)
-from affinitynet.stages.make_aff_labels import confident_label_map  # noqa: E402
+from affinitynet.stages.make_aff_labels import crf_scores  # noqa: E402
+from affinitynet.algorithms.crf import confident_labels  # noqa: E402
 from affinitynet.stages.train_seg import segmentation_loss  # noqa: E402
 from _common import cuda_suffix, machine, print_table_header, sync, usable_cores  # noqa: E402
 
@@ -122,7 +123,8 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
     h, w = -(-height // 8), -(-width // 8)
     gen = torch.Generator().manual_seed(0)
     cls_tf = ClassificationTransform(CROP, paper.train_cam.resize_long, paper.train_cam.color_jitter, generator=gen)
-    aff_tf = AffinityTransform(CROP, paper.train_aff.resize_long, paper.train_aff.color_jitter, generator=gen)
+    aff_tf = AffinityAugment(CROP, paper.train_aff.resize_long, paper.train_aff.flip, paper.train_aff.color_jitter,
+                             generator=gen)
     seg_tf = SegmentationTransform(CROP, paper.train_seg.resize_long, paper.train_seg.color_jitter, generator=gen)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a loader worker / a CRF process each have one core
@@ -130,11 +132,12 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
         for i, (image, label) in enumerate(scenes):
             keys, maps = cams_from_label(label)
             start = time.perf_counter()
-            confident_label_map(image, keys, maps, AffLabelsConfig())  # the paper's alphas 4 / 32
+            low, high = crf_scores(image, maps, AffLabelsConfig())  # the paper's alphas 4 / 32
+            confident_labels(low, high, keys=keys)
             out["crf"].append(time.perf_counter() - start)
             jpeg = io.BytesIO()
             Image.fromarray(image).save(jpeg, format="JPEG", quality=90)
-            for key, fn in (("load_cls", lambda im: cls_tf(im)), ("load_aff", lambda im: aff_tf(im, label)),
+            for key, fn in (("load_cls", lambda im: cls_tf(im)), ("load_aff", lambda im: aff_tf(im, low, high)),
                             ("load_seg", lambda im: seg_tf(im, label))):
                 start = time.perf_counter()
                 decoded = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())).convert("RGB"))

@@ -160,8 +160,19 @@ def test_bench_coco_scale_quick(capsys):
     assert [r[0].split(" (")[0] for r in prep] == ["first run", "rerun, everything done", "one mask at COCO size"]
     disk = {r[0]: r for r in table_rows(out, "| output |")}
     assert float(disk["cam/*.npz (make-cam)"][1].split()[0]) > 0  # KiB per image
+    assert float(disk["crf/*.npz (make-aff-labels: CRF scores of both alphas, float16)"][1].split()[0]) > 0
     assert "**all per-image outputs**" in disk
+    crf = table_rows(out, "| classes in the image |")
+    assert [r[0] for r in crf] == ["1", "2", "3", "4", "5", "6", "**train_aug**"] and crf[-1][2] == "**10,582**"
     rerun = table_rows(out, "| step | 60 images |")
     assert len(rerun) == 3 and all(r[-1].endswith(" s") for r in rerun)
     mem = table_rows(out, "| call |")
     assert len(mem) == 4 and all(r[3].endswith("MiB") and r[3] != "nan MiB" for r in mem)
+
+
+def test_bench_fidelity_quick(capsys):
+    assert load("bench_fidelity").main(["--quick"]) == 0
+    rows = table_rows(capsys.readouterr().out, "| what differs |")
+    assert len(rows) == 6
+    # float16 scores change (almost) no cell; both pixel rows report grey levels
+    assert all(r[-1].endswith("%") for r in rows[:4]) and "grey levels" in rows[-1][-1]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from affinitynet.data.images import load_label_png, load_rgb, save_label_png
 from affinitynet.data.palette import VOC_COLORMAP, colorize
+from affinitynet.data.voc import VOCDataset
 from affinitynet.errors import InputError
 
 
@@ -60,17 +61,45 @@ def test_16bit_png_scaled_to_8bit(tmp_path):
     np.testing.assert_array_equal(out[..., 2], expected)
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    img = np.zeros((40, 80, 3), np.uint8)  # wide image, bright block at the top-left
+def _tagged_image_and_mask(root):
+    """A VOC-layout folder with one wide JPEG tagged EXIF orientation 6 ("rotate 90 degrees
+    clockwise to display") and its mask, drawn on the stored grid: a bright block at the top
+    left, labelled 1."""
+    img = np.zeros((40, 80, 3), np.uint8)
     img[:20, :40] = 255
     pil = Image.fromarray(img)
     exif = pil.getexif()
-    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    pil.save(tmp_path / "r.jpg", quality=95, exif=exif.tobytes())
-    out = load_rgb(tmp_path / "r.jpg")
+    exif[0x0112] = 6
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    pil.save(root / "JPEGImages" / "r.jpg", quality=95, exif=exif.tobytes())
+    mask = np.zeros((40, 80), np.uint8)
+    mask[:20, :40] = 1
+    save_label_png(root / "SegmentationClass" / "r.png", mask)
+    return mask
+
+
+def test_exif_orientation_is_ignored_by_default_and_applied_on_request(tmp_path):
+    _tagged_image_and_mask(tmp_path)
+    stored = load_rgb(tmp_path / "JPEGImages" / "r.jpg")
+    assert stored.shape == (40, 80, 3)  # the stored grid, as the original reads it
+    assert stored[5:15, 5:15].mean() > 200
+    out = load_rgb(tmp_path / "JPEGImages" / "r.jpg", exif_transpose=True)
     assert out.shape == (80, 40, 3)  # upright: now tall
     # clockwise rotation moves the top-left block to the top-right
     assert out[5:15, 25:35].mean() > 200 and out[5:15, 5:15].mean() < 50
+
+
+@pytest.mark.parametrize("exif_transpose", [False, True])
+def test_a_tagged_image_and_its_mask_stay_aligned(tmp_path, exif_transpose):
+    """Whether the dataset turns images upright or not, the mask follows: the bright pixels
+    are exactly the labelled ones."""
+    _tagged_image_and_mask(tmp_path)
+    voc = VOCDataset(tmp_path, exif_transpose=exif_transpose)
+    image, gt = voc.load_image("r"), voc.load_gt("r")
+    assert image.shape[:2] == gt.shape == ((80, 40) if exif_transpose else (40, 80))
+    bright = image.mean(axis=2) > 128
+    assert gt.sum() == 800 and np.array_equal(bright, gt == 1)
 
 
 def test_cmyk_jpeg_loads_as_rgb(tmp_path):

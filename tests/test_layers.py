@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "affinitynet"
 
 # top to bottom, as in docs/ARCHITECTURE.md
-LAYERS = ["errors", "conventions", "config", "artifacts", "distributed", "parallel", "data", "algorithms", "models",
+LAYERS = ["errors", "conventions", "algorithms", "config", "artifacts", "distributed", "parallel", "data", "models",
           "weights", "evaluation", "diagnostics", "visualize", "common", "report", "inference", "training", "stages",
           "pipeline", "api", "cli"]
 

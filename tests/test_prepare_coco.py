@@ -154,14 +154,20 @@ def test_lists_labels_masks_and_links(coco, tmp_path):
     gt_e[1:5, 1:5] = DOG
     np.testing.assert_array_equal(ds.load_gt("COCO_val2014_000000000101"), gt_e)
     assert not ds.has_gt("COCO_train2014_000000000009")  # no mask for an image no split lists
-    # the EXIF-rotated image: its mask is turned as load_rgb turns the image (orientation 6:
-    # 90 degrees clockwise), so the stored 3x2 car at the top left ends at the top right
+    # the EXIF-tagged image: read on its stored grid, as its mask is drawn (the stored 3x2 car at
+    # the top left); with dataset.exif_transpose both turn alike (orientation 6: 90 degrees
+    # clockwise), so the car ends at the top right of the upright 6x8 picture
     image = ds.load_image("COCO_val2014_000000000100")
     gt_d = ds.load_gt("COCO_val2014_000000000100")
-    assert image.shape[:2] == gt_d.shape == (8, 6)
-    expected_d = np.zeros((8, 6), np.uint8)
-    expected_d[0:3, 4:6] = CAR
+    assert image.shape[:2] == gt_d.shape == (6, 8)
+    expected_d = np.zeros((6, 8), np.uint8)
+    expected_d[0:2, 0:3] = CAR
     np.testing.assert_array_equal(gt_d, expected_d)
+    upright = VOCDataset(out, exif_transpose=True)
+    image_up, gt_up = upright.load_image("COCO_val2014_000000000100"), upright.load_gt("COCO_val2014_000000000100")
+    assert image_up.shape[:2] == gt_up.shape == (8, 6)
+    np.testing.assert_array_equal(gt_up, np.rot90(expected_d, -1))
+    np.testing.assert_array_equal(image_up, np.rot90(image, -1))
     # images are symlinks to the user's files, by absolute path
     link = out / "JPEGImages" / "COCO_train2014_000000000005.jpg"
     assert link.is_symlink() and Path(os.readlink(link)) == (coco / "train2014" / link.name).resolve()

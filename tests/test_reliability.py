@@ -140,7 +140,7 @@ def _stray_tmp(root: Path) -> list[Path]:
 # stage needs from the reference run)
 PER_IMAGE = {
     "make-cam": (("cam", "cam_pred"), ("cam", ".npz"), ("classifier",)),
-    "make-aff-labels": (("aff_labels",), ("aff_labels", ".png"), ("cam", "cam_pred")),
+    "make-aff-labels": (("crf", "aff_labels"), ("crf", ".npz"), ("cam", "cam_pred")),
     "random-walk": (("pseudo_labels",), ("pseudo_labels", ".png"), ("cam", "affinity")),
     "segment": (("seg_pred",), ("seg_pred", ".png"), ("segmentation",)),
 }

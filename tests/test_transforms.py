@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from affinitynet.data.transforms import (
-    AffinityTransform,
-    ClassificationTransform,
-    downsample_label,
-    normalize,
-)
+from affinitynet.data.transforms import AffinityAugment, ClassificationTransform, CropBox, normalize
 from conftest import golden_cases
 
 
@@ -74,47 +69,60 @@ def test_classification_transform_pads_with_zeros_and_keeps_pixels():
 
 
 def _two_region_case():
+    """A red left half (class 1) and a blue right half (class 2), unsure at the top; as CRF
+    scores of both alphas (background first), which the confident-label rule turns back into
+    that label map."""
     img = np.zeros((70, 100, 3), np.uint8)
-    label = np.zeros((70, 100), np.uint8)
     img[:, :50] = (230, 20, 20)
-    label[:, :50] = 1
     img[:, 50:] = (20, 20, 230)
-    label[:, 50:] = 2
-    label[:10] = 255
-    return img, label
+    low = np.zeros((3, 70, 100), np.float32)
+    low[1, :, :50] = low[2, :, 50:] = 0.9
+    low[0] = 0.05
+    high = low.copy()
+    low[0, :10] = 1.0  # the top: background for the low alpha, an object for the high one
+    return img, low, high
 
 
-def test_affinity_transform_moves_label_with_image():
-    img, label = _two_region_case()
-    t = AffinityTransform(crop=96, resize_long=(60, 140), color_jitter=(0.3, 0.3, 0.3, 0.0))
-    for seed in range(6):
-        x, lab, lab8 = t(img, label, generator=torch.Generator().manual_seed(seed))
-        assert x.shape == (3, 96, 96) and lab.shape == (96, 96) and lab8.shape == (12, 12)
-        assert lab.dtype == torch.uint8 and lab8.dtype == torch.uint8
-        assert set(lab.unique().tolist()) <= {1, 2, 255}  # nearest: no blended labels
-        # label follows the image: red (channel 0 high) exactly where the label says 1
-        red = x[0] > x[2]
-        ones, twos = lab == 1, lab == 2
-        if ones.sum() > 50 and twos.sum() > 50:
-            assert red[ones].float().mean() > 0.95 and (~red[twos]).float().mean() > 0.95
-        padded = (x == 0).all(0)
-        assert (lab[padded] == 255).all()  # padding is ignore
-        assert torch.equal(lab8, lab[4::8, 4::8])
-        again = t(img, label, generator=torch.Generator().manual_seed(seed))
-        assert all(torch.equal(p, q) for p, q in zip((x, lab, lab8), again))
+def test_affinity_augment_moves_scores_with_image():
+    img, low, high = _two_region_case()
+    t = AffinityAugment(crop=96, resize_long=None, flip=True, color_jitter=(0.3, 0.3, 0.3, 0.0))
+    flips = set()
+    for seed in range(8):
+        x, lab8 = t(img, low, high, generator=torch.Generator().manual_seed(seed))
+        assert x.shape == (3, 96, 96) and lab8.shape == (12, 12) and lab8.dtype == torch.uint8
+        assert set(lab8.unique().tolist()) <= {1, 2, 255}  # no background anywhere in this case
+        # the label follows the image: red (channel 0 high) where the cell says 1; a cell on the
+        # border (of the halves, or of image and padding) is decided by its block's averaged
+        # scores, i.e. by the majority of its image pixels (padding has zero scores)
+        black = (x == normalize(np.zeros((1, 1, 3), np.uint8))).all(0)
+        red = ((x[0] > x[2]) & ~black).float().reshape(12, 8, 12, 8).sum((1, 3))
+        image_pixels = (~black).float().reshape(12, 8, 12, 8).sum((1, 3))
+        assert (2 * red[lab8 == 1] > image_pixels[lab8 == 1]).all()
+        assert (2 * red[lab8 == 2] < image_pixels[lab8 == 2]).all()
+        assert (lab8[image_pixels == 0] == 255).all()  # all padding: zero scores, unsure
+        red_cols, blue_cols = (lab8 == 1).nonzero()[:, 1].float(), (lab8 == 2).nonzero()[:, 1].float()
+        if red_cols.numel() and blue_cols.numel():
+            flips.add(bool(red_cols.mean() > blue_cols.mean()))
+        again = t(img, low, high, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(x, again[0]) and torch.equal(lab8, again[1])
+    assert flips == {True, False}  # both orientations occur
 
 
-def test_downsample_label_centre_sampling_and_partial_cells():
-    label = torch.arange(20 * 13, dtype=torch.int64).reshape(20, 13)
-    out = downsample_label(label)
-    assert out.shape == (3, 2)
-    assert out[0, 0] == label[4, 4] and out[1, 1] == label[12, 12]
-    assert out[2, 0] == label[19, 4]  # partial last cell clamps to the last row
+def test_affinity_augment_settings_flip_and_rescale():
+    img, low, high = _two_region_case()
+    plain = AffinityAugment(crop=96, resize_long=None, flip=False, color_jitter=(0, 0, 0, 0))
+    for seed in range(6):  # never flipped: red (class 1) stays on the left
+        _, lab8 = plain(img, low, high, generator=torch.Generator().manual_seed(seed))
+        cols = (lab8 == 1).nonzero()[:, 1].float()
+        assert cols.numel() and cols.max() < (lab8 == 2).nonzero()[:, 1].float().min()
+    rescaled = AffinityAugment(crop=96, resize_long=(200, 200), flip=False, color_jitter=(0, 0, 0, 0))
+    _, lab8 = rescaled(img, low, high, generator=torch.Generator().manual_seed(0))
+    assert (lab8 != 255).float().mean() > 0.8  # 200x140 px: the crop is filled with image cells
 
 
-def test_affinity_transform_rejects_bad_crop_and_shapes():
+def test_affinity_augment_rejects_bad_crop_and_shapes():
     with pytest.raises(ValueError):
-        AffinityTransform(crop=100, resize_long=(448, 768), color_jitter=(0, 0, 0, 0))
-    img, label = _two_region_case()
+        AffinityAugment(crop=100, resize_long=None, flip=True, color_jitter=(0, 0, 0, 0))
+    img, low, high = _two_region_case()
     with pytest.raises(ValueError):
-        AffinityTransform(crop=64, resize_long=(448, 768), color_jitter=(0, 0, 0, 0))(img, label[:-1])
+        AffinityAugment(crop=64, resize_long=None, flip=True, color_jitter=(0, 0, 0, 0))(img, low[:, :-1], high)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from affinitynet.data import voc as voc_mod
 from affinitynet.data.images import save_label_png
-from affinitynet.data.transforms import AffinityTransform, ClassificationTransform
+from affinitynet.data.transforms import ClassificationTransform, SegmentationTransform
 from affinitynet.data.voc import (
     VOC_CLASSES,
     LabelMapDataset,
@@ -154,19 +154,20 @@ def test_classification_dataset_skips_unlabelled(tmp_path):
     assert y.dtype == torch.float32 and y.sum() == 2
 
 
-def test_affinity_dataset(tmp_path):
+def test_label_map_dataset(tmp_path):
     make_tree(tmp_path, {"a": ["cat"], "b": ["dog"]})
     ds = VOCDataset(tmp_path)
-    labels = tmp_path / "conf"
+    labels = tmp_path / "pseudo"
     lab = np.full((24, 32), 255, np.uint8)
     lab[:12] = 0
     lab[12:, :16] = 1
     save_label_png(labels / "a.png", lab)
     with pytest.raises(InputError, match="b.png"):
         LabelMapDataset(ds, ["a", "b"], labels)
-    aff = LabelMapDataset(ds, ["a"], labels, AffinityTransform(crop=32, resize_long=(32, 32), color_jitter=(0.3, 0.3, 0.3, 0.1)))
-    x, y, name = aff[0]
-    assert x.shape == (3, 32, 32) and y.shape == (4, 4) and y.dtype == torch.uint8 and name == "a"
+    seg = LabelMapDataset(ds, ["a"], labels, SegmentationTransform(crop=32, resize_long=(32, 32),
+                                                                   color_jitter=(0.3, 0.3, 0.3, 0.1)))
+    x, y, name = seg[0]
+    assert x.shape == (3, 32, 32) and y.shape == (32, 32) and y.dtype == torch.uint8 and name == "a"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         x, y, _ = LabelMapDataset(ds, ["a"], labels)[0]
@@ -174,3 +175,23 @@ def test_affinity_dataset(tmp_path):
     save_label_png(labels / "b.png", lab[:-1])
     with pytest.raises(InputError, match="b.png"):
         LabelMapDataset(ds, ["b"], labels)[0]
+
+
+def test_training_without_rescale_sees_the_working_size(tmp_path):
+    """A transform without ``resize_long`` gets image and label at dataset.long_side; one that
+    rescales gets the native image (its random long side replaces the working size)."""
+    make_tree(tmp_path, {"a": ["cat"]})
+    ds = VOCDataset(tmp_path)
+    seen = []
+
+    def record(image, label=None, generator=None):
+        seen.append(image.shape[:2] if label is None else (image.shape[:2], label.shape))
+        return torch.zeros(3, 4, 4), torch.zeros(4, 4, dtype=torch.uint8)
+
+    record.rescales = False
+    save_label_png(tmp_path / "pseudo" / "a.png", np.zeros((24, 32), np.uint8))
+    LabelMapDataset(ds, ["a"], tmp_path / "pseudo", record, long_side=64)[0]
+    # a transform that does not say is taken to resize the image itself (the native image)
+    ClassificationDataset(ds, ["a"], lambda im, generator=None: record(im), long_side=16)[0]
+    ClassificationDataset(ds, ["a"], record, long_side=16)[0]
+    assert seen == [((48, 64), (48, 64)), (24, 32), (12, 16)]

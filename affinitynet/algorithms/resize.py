@@ -1,6 +1,6 @@
 """Resizing images, score maps and label maps between an image's native size and the size a
-stage works at (``dataset.long_side``) or a CAM scale. Sizes are (round(W*s), round(H*s)) with
-Python's round, as PSA's multi-scale inference."""
+stage works at (``dataset.long_side``, the "working size") or a CAM scale. Sizes are
+(round(W*s), round(H*s)) with Python's round, as PSA's multi-scale inference."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ def scaled_size(image_hw: tuple[int, int], scale: float) -> tuple[int, int]:
     """(H, W) of an image of ``image_hw`` resized by ``scale``, each side at least 1 px."""
     height, width = image_hw
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def working_scale(long_side: int, image_hw: tuple[int, int]) -> float:
+    """Factor from an image's native size to the working size: ``long_side`` / its long side,
+    or 1 for ``long_side`` 0 (native sizes, the paper)."""
+    return long_side / max(image_hw) if long_side else 1.0
+
+
+def working_image(image: np.ndarray, long_side: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image at the working size (``working_scale``); itself when native."""
+    factor = working_scale(long_side, image.shape[:2])
+    return resize_image(image, factor) if factor != 1 else image
 
 
 def resize_image(image: np.ndarray, scale: float) -> np.ndarray:

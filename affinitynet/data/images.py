@@ -2,8 +2,10 @@
 
 ``load_rgb`` returns (H, W, 3) uint8 RGB for any common input: grayscale, palette, CMYK, RGBA
 (the alpha channel is *dropped*, keeping the stored colours, as the original PSA's
-``PIL.Image.open(...).convert("RGB")`` does), 16-bit PNGs (scaled to 8 bits) and JPEGs with an
-EXIF orientation tag (rotated upright). Label maps are palette PNGs in the VOC palette whose
+``PIL.Image.open(...).convert("RGB")`` does) and 16-bit PNGs (scaled to 8 bits). An EXIF
+orientation tag is ignored by default, as the original does: the pixels come in their stored
+order, the grid VOC's and COCO's masks are drawn on. ``exif_transpose=True`` turns the image
+upright instead; ``orient_like_image`` then turns a mask the same way. Label maps are palette PNGs in the VOC palette whose
 pixel *indices* are the labels (0 = background, class index + 1, 255 = ignore).
 """
 
@@ -74,17 +76,46 @@ def _to_uint8_rgb(img: Image.Image, path: PathLike) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def load_rgb(path: PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB, upright according to its EXIF orientation.
+def load_rgb(path: PathLike, exif_transpose: bool = False) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB: its stored pixel grid, or with
+    ``exif_transpose`` upright according to its EXIF orientation.
 
     Raises ``InputError("<path>: <reason>")`` for a missing, empty, truncated or non-image file.
     """
     img = _open_decoded(path)
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block should not make the pixels unusable
-        pass
+    if exif_transpose:
+        img = _upright(img)
     return _to_uint8_rgb(img, path)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block should not make the pixels unusable
+        return img
+
+
+# EXIF orientation (1..8) -> the transpose that makes the image upright (as ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(path: PathLike) -> int:
+    """The EXIF orientation (1..8) of an image file, from its header; 1 when it has none or the
+    block is unreadable."""
+    try:
+        with Image.open(path) as img:
+            return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - as load_rgb: an unreadable EXIF block means "as stored"
+        return 1
+
+
+def orient_like_image(label: np.ndarray, image_path: PathLike) -> np.ndarray:
+    """An (H, W) mask drawn on the stored pixel grid of ``image_path``, turned as
+    ``load_rgb(image_path, exif_transpose=True)`` turns the image."""
+    method = _UPRIGHT.get(exif_orientation(image_path))
+    return label if method is None else np.asarray(Image.fromarray(label).transpose(method))
 
 
 def to_rgb(image: np.ndarray | Image.Image) -> np.ndarray:

@@ -31,9 +31,10 @@ annotation id wins (the larger instance is usually the one behind: a table under
 Crowd regions are 255 (ignored by the evaluation) wherever no instance covers the pixel.
 Polygons with fewer than three points have no area and are skipped.
 
-EXIF: the pipeline reads images upright (``images.load_rgb`` applies the EXIF orientation),
-while COCO's annotations are in the stored pixel grid. A mask is turned exactly as its image
-is, so ground truth and image always agree; the stored size must equal the annotation file's.
+EXIF: COCO's annotations are drawn on the stored pixel grid, which is what the pipeline reads
+(``images.load_rgb`` ignores the EXIF orientation unless ``dataset.exif_transpose`` is set, and
+then turns the image and its mask alike), so masks are written on that grid as they are; the
+stored size must equal the annotation file's.
 
 The split lists, ``classes.txt`` and ``labels.json`` are written last: a folder that has them is
 complete. Masks are written atomically and a mask file that exists is done, so a rerun after an
@@ -67,12 +68,6 @@ SPLITS: tuple[tuple[str, str, str], ...] = (
     ("val", "val2014", "instances_val2014.json"),
 )
 _IMAGE_SUFFIXES = tuple(dict.fromkeys(ext.lower() for ext in IMAGE_EXTS))  # what VOCDataset.image_path finds
-# Pillow's ImageOps.exif_transpose: orientation tag -> the transpose that makes the image upright
-_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-                   8: Image.Transpose.ROTATE_90}
-_ORIENTATION_TAG = 0x0112
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +241,7 @@ class MaskTask:
     """What a worker needs to write one ground-truth PNG."""
 
     name: str
-    image: Path  # the source image (its header is read: size and EXIF orientation)
+    image: Path  # the source image (its header is read: its size)
     height: int
     width: int
     instances: tuple[Instance, ...]
@@ -254,26 +249,21 @@ class MaskTask:
     annotations: Path  # the annotation file, for error messages
 
 
-def image_orientation(path: Path) -> tuple[tuple[int, int], int]:
-    """((width, height) as stored, EXIF orientation 1..8) from the image's header only."""
+def stored_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the stored pixel grid, from the image's header only."""
     try:
         with Image.open(path) as img:
-            size = img.size
-            try:
-                orientation = int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
-            except Exception:  # noqa: BLE001 - load_rgb ignores a malformed EXIF block too
-                orientation = 1
+            return img.size
     except FileNotFoundError:
         raise InputError(f"{path}: image does not exist") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from None
-    return size, orientation
 
 
 def write_mask(task: MaskTask) -> str:
-    """Rasterise ``task``'s annotations, turned like its image when that has an EXIF
-    orientation, and write the palette PNG atomically. Returns the image name."""
-    size, orientation = image_orientation(task.image)
+    """Rasterise ``task``'s annotations on the image's stored pixel grid and write the palette
+    PNG atomically. Returns the image name."""
+    size = stored_size(task.image)
     if size != (task.width, task.height):
         raise InputError(f"{task.image}: image is {size[0]}x{size[1]} px, but {task.annotations} "
                          f"says {task.width}x{task.height}")
@@ -282,9 +272,6 @@ def write_mask(task: MaskTask) -> str:
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise InputError(f"{task.annotations}: a segmentation of image {task.image.name} cannot be "
                          f"rasterised ({exc})") from None
-    method = _EXIF_TRANSPOSE.get(orientation)
-    if method is not None:  # as load_rgb turns the image, so the mask
-        label = np.asarray(Image.fromarray(label).transpose(method))
     save_label_png(task.out, label)
     return task.name
 

@@ -31,9 +31,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from affinitynet import artifacts
+from affinitynet.algorithms.resize import resize_label, working_image
 from affinitynet.conventions import IGNORE_INDEX
-from affinitynet.data.images import load_label_png, load_rgb
-from affinitynet.data.transforms import normalize
+from affinitynet.data.images import load_label_png, load_rgb, orient_like_image
+from affinitynet.data.transforms import AffinityAugment, normalize
 from affinitynet.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -99,10 +101,14 @@ class VOCDataset:
             so ``img,cat;dog`` and ``img,cat,dog`` work too) mapping images to class names. When
             absent, ``root/labels.json`` or ``root/labels.csv`` is used if present, else
             ``Annotations/<name>.xml``.
+        exif_transpose: read images upright by their EXIF orientation and turn their ground
+            truth alike (default: the stored pixel grid, as the original and VOC's masks).
     """
 
-    def __init__(self, root: str | os.PathLike, labels_file: str | os.PathLike | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, labels_file: str | os.PathLike | None = None,
+                 exif_transpose: bool = False) -> None:
         self.root = Path(root)
+        self.exif_transpose = exif_transpose
         if not self.root.is_dir():
             raise InputError(f"{self.root}: dataset folder does not exist")
         self.classes: list[str] = self._read_classes()
@@ -175,8 +181,8 @@ class VOCDataset:
         raise InputError(f"{folder / (name + '.jpg')}: image '{name}' does not exist{listed}")
 
     def load_image(self, name: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB image."""
-        return load_rgb(self.image_path(name))
+        """(H, W, 3) uint8 RGB image (stored pixel grid, or upright with ``exif_transpose``)."""
+        return load_rgb(self.image_path(name), self.exif_transpose)
 
     def image_long_side(self, name: str) -> int:
         """The longer side of image ``name`` in px, from its header (no decoding); 0 when the
@@ -281,6 +287,8 @@ class VOCDataset:
             raise InputError(f"{self.root / 'SegmentationClass' / (name + '.png')}: "
                              f"ground truth of image '{name}' does not exist")
         gt = load_label_png(path)
+        if self.exif_transpose:  # drawn on the stored grid: turned as the image is
+            gt = orient_like_image(gt, self.image_path(name))
         bad = (gt > self.num_classes) & (gt != IGNORE_INDEX)
         if bad.any():
             raise InputError(f"{path}: label value {int(gt[bad].max())} is not a class "
@@ -291,6 +299,12 @@ class VOCDataset:
 # -----------------------------------------------------------------------------------------------
 # Torch datasets for the training stages
 # -----------------------------------------------------------------------------------------------
+def _rescales(transform: object) -> bool:
+    """Whether ``transform`` resizes the image itself (a random long side, or to its crop);
+    an image it does not resize is used at the working size (``dataset.long_side``)."""
+    return transform is None or getattr(transform, "rescales", True)
+
+
 def _index_and_generator(item: int | tuple[int, int]) -> tuple[int, torch.Generator | None]:
     """Dataset items are an index, or (index, augmentation seed) from the training sampler
     (``training.EpochSampler``); the seed makes the augmentation a function of the item alone."""
@@ -306,12 +320,14 @@ class ClassificationDataset(Dataset):
     Items: image float32 (3, h, w) from ``transform`` (uint8 HWC -> tensor; default: ImageNet
     normalisation of the whole image), label float32 (C,) 0/1, name. Images without any class
     label carry no training signal for a multi-label classifier and are skipped with a warning.
+    A transform that does not rescale gets the image at the working size ``long_side``.
     """
 
     def __init__(self, voc: VOCDataset, names: Sequence[str],
-                 transform: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[np.ndarray], torch.Tensor] | None = None, long_side: int = 0) -> None:
         self.voc = voc
         self.transform = transform
+        self.long_side = 0 if _rescales(transform) else long_side
         kept, empty = [], []
         for n in names:
             (kept if voc.image_labels(n).any() else empty).append(n)
@@ -329,7 +345,7 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
         idx, gen = _index_and_generator(item)
         name = self.names[idx]
-        image = self.voc.load_image(name)
+        image = working_image(self.voc.load_image(name), self.long_side)
         if self.transform is None:
             x = normalize(image, "imagenet")
         else:
@@ -338,19 +354,18 @@ class ClassificationDataset(Dataset):
 
 
 class LabelMapDataset(Dataset):
-    """(image, label map, name) for training AffinityNet (paper Sec. 3.3) and the segmentation
-    network (stage 5).
+    """(image, label map, name) for training the segmentation network (stage 5) on a folder of
+    label maps (pseudo labels: 0 background, c + 1 class c, 255 unknown).
 
-    Reads the label map ``label_dir/<name>.png`` (confident labels or pseudo labels: 0
-    background, c + 1 class c, 255 unknown), which must have the image's size.
-    ``joint_transform(image uint8 HWC, label uint8 HW)`` returns a tuple whose first item is the
-    image tensor and whose *last* item is the label the loss needs: for ``AffinityTransform`` that
-    is the stride-8 label map, uint8 (crop/8, crop/8), for ``SegmentationTransform`` the cropped
-    label map. Without a transform: the normalised full image and the full-resolution label.
+    Reads ``label_dir/<name>.png``, which must have the image's size. ``joint_transform(image
+    uint8 HWC, label uint8 HW) -> (image tensor, label tensor)``; one that does not rescale
+    gets both at the working size ``long_side``. Without a transform: the normalised full image
+    and the full-resolution label.
     """
 
     def __init__(self, voc: VOCDataset, names: Sequence[str], label_dir: str | os.PathLike,
-                 joint_transform: Callable[[np.ndarray, np.ndarray], tuple] | None = None) -> None:
+                 joint_transform: Callable[[np.ndarray, np.ndarray], tuple] | None = None,
+                 long_side: int = 0) -> None:
         self.voc = voc
         self.names = list(names)
         self.label_dir = Path(label_dir)
@@ -361,6 +376,7 @@ class LabelMapDataset(Dataset):
             raise InputError(f"{self.label_dir / (missing[0] + '.png')}: label map missing "
                              f"({len(missing)} of {len(self.names)} images have none)")
         self.joint_transform = joint_transform
+        self.long_side = 0 if _rescales(joint_transform) else long_side
 
     def __len__(self) -> int:
         return len(self.names)
@@ -374,6 +390,8 @@ class LabelMapDataset(Dataset):
         if label.shape != image.shape[:2]:
             raise InputError(f"{path}: label size {label.shape[1]}x{label.shape[0]} differs from "
                              f"the image's {image.shape[1]}x{image.shape[0]}")
+        image = working_image(image, self.long_side)
+        label = resize_label(label, image.shape[:2])
         if self.joint_transform is None:
             return normalize(image, "imagenet"), torch.from_numpy(label), name
         if gen is None:
@@ -381,6 +399,42 @@ class LabelMapDataset(Dataset):
         else:
             out = self.joint_transform(image, label, generator=gen)
         return out[0], out[-1], name
+
+
+class AffinitySampleDataset(Dataset):
+    """(input, stride-8 confident label map, name) for training AffinityNet (paper Sec. 3.3),
+    each sample built as the original's ``VOC12AffDataset`` builds it: the image at the working
+    size ``long_side`` and the CRF scores of both alphas that make-aff-labels kept for it
+    (``scores_file(name)``, ``artifacts.load_crf_scores``) go through ``augment``
+    (``transforms.AffinityAugment``: jitter, joint crop, normalise, flip, 8x8 block average,
+    the confident-label rule on that grid).
+
+    Items: input float32 (3, crop, crop), label uint8 (crop/8, crop/8), name.
+    """
+
+    def __init__(self, voc: VOCDataset, names: Sequence[str], scores_file: Callable[[str], Path],
+                 augment: AffinityAugment, long_side: int = 0) -> None:
+        self.voc, self.names, self.scores_file = voc, list(names), scores_file
+        self.augment, self.long_side = augment, long_side
+        missing = [n for n in self.names if not scores_file(n).is_file()]
+        if missing:
+            raise InputError(f"{scores_file(missing[0])}: CRF scores missing ({len(missing)} of {len(self.names)} "
+                             "images have none; run make-aff-labels first)")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image (H, W, 3) uint8 at the working size and its scores: low, high (k+1, H, W)."""
+        image = working_image(self.voc.load_image(name), self.long_side)
+        _, low, high = artifacts.load_crf_scores(self.scores_file(name), image.shape[:2])
+        return image, low, high
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
+        idx, gen = _index_and_generator(item)
+        name = self.names[idx]
+        x, label = self.augment(*self.load(name), generator=gen)
+        return x, label, name
 
 
 class GroundTruthDataset(Dataset):

@@ -1,10 +1,13 @@
 """Stage 2b: confident foreground / background regions by dense CRF (paper Sec. 3.2).
 
 For each image the CAMs get a background score (1 - max CAM)^alpha with a low alpha (4) and a
-high alpha (32); each stack is refined by a dense CRF; foreground is trusted from the low-alpha
-result, background from the high-alpha result, the rest is unsure (255). Writes
-``aff_labels/<image>.png``. The CRF is CPU-bound, so images are spread over a process pool
-(and over ranks under torchrun); each image is done exactly once and written atomically.
+high alpha (32); each stack is refined by a dense CRF. Writes both CRF outputs,
+``crf/<image>.npz``: AffinityNet's training samples apply the confident-label rule to them on
+each crop's stride-8 grid, as the original does. Also writes the rule at full resolution,
+``aff_labels/<image>.png`` (foreground trusted from the low-alpha result, background from the
+high-alpha result, the rest unsure, 255), for pictures, the report and diagnostics. The CRF is
+CPU-bound, so images are spread over a process pool (and over ranks under torchrun); each image
+is done exactly once and written atomically, its score file last.
 """
 
 from __future__ import annotations
@@ -27,18 +30,23 @@ from affinitynet.evaluation import confident_label_scores, names_with_gt
 from affinitynet.parallel import map_in_processes, usable_cores
 
 
+def crf_scores(image: np.ndarray, maps: np.ndarray, settings: AffLabelsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The dense-CRF scores of one image for the low and the high alpha (paper Sec. 3.2): each
+    (k+1, H, W) float32, background first. ``image`` (H, W, 3) uint8; ``maps`` (k, H, W) its CAMs."""
+    return (crf_with_background(image, maps, settings.low_alpha, settings.crf_iterations),
+            crf_with_background(image, maps, settings.high_alpha, settings.crf_iterations))
+
+
 def confident_label_map(image: np.ndarray, keys: np.ndarray, maps: np.ndarray,
                         settings: AffLabelsConfig) -> np.ndarray:
-    """Confident labels of one image (paper Sec. 3.2): (H, W) uint8, 0 background, class index
-    + 1 foreground, 255 unsure. Objects are trusted where the CRF with the *low* alpha (strong
-    background score) still finds them, background where the CRF with the *high* alpha (weak
-    background score) still finds it.
+    """Confident labels of one image at full resolution (paper Sec. 3.2): (H, W) uint8, 0
+    background, class index + 1 foreground, 255 unsure. Objects are trusted where the CRF with
+    the *low* alpha (strong background score) still finds them, background where the CRF with
+    the *high* alpha (weak background score) still finds it.
 
     ``image`` (H, W, 3) uint8; ``keys`` (k,) and ``maps`` (k, H, W) the image's CAMs.
     """
-    low = crf_with_background(image, maps, settings.low_alpha, settings.crf_iterations)
-    high = crf_with_background(image, maps, settings.high_alpha, settings.crf_iterations)
-    return confident_labels(low, high, keys=keys)
+    return confident_labels(*crf_scores(image, maps, settings), keys=keys)
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,13 @@ class LabelJob:
         wd = WorkDir(self.cfg.workdir)
         image = voc.load_image(name)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        # the CRF's kernels are in pixels: it runs at the working size, the labels come back
+        # the CRF's kernels are in pixels: it runs at the working size, where AffinityNet trains;
+        # the full-resolution labels come back to the native size
         work = working_image(image, self.cfg.dataset.long_side)
-        label = confident_label_map(work, keys, resize_maps(maps, work.shape[:2]), self.cfg.aff_labels)
+        low, high = crf_scores(work, resize_maps(maps, work.shape[:2]), self.cfg.aff_labels)
+        label = confident_labels(low, high, keys=keys)
         save_label_png(wd.png(wd.aff_labels, name), resize_label(label, image.shape[:2]))
+        artifacts.save_crf_scores(wd.crf_file(name), keys, low, high)  # last: marks the image done
         return name
 
 
@@ -73,7 +84,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     voc = open_dataset(cfg)
     names = infer_names(cfg, voc)
     announce_sizes(cfg, voc, names, "make-aff-labels", "the dense CRF runs at that size")
-    pending = todo(names, lambda n: wd.png(wd.aff_labels, n), [wd.aff_labels])
+    pending = todo(names, wd.crf_file, [wd.crf, wd.aff_labels])
     processes = min(process_count(cfg.aff_labels.processes), max(1, len(pending)))
     t0 = time.time()
     # the CRF is numpy and C++ only: nothing in the workers touches torch's thread pool

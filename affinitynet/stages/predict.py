@@ -12,6 +12,7 @@ needed: ``weights`` is a work folder or a ``final.pth`` of train-seg.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import defaultdict
@@ -91,7 +92,8 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     out, names = Path(cfg.out), output_names(paths)
     out.mkdir(parents=True, exist_ok=True)
     artifacts.write_lines(out / "classes.txt", segmenter.classes)
-    loader = torch.utils.data.DataLoader(Decoded(paths, load_rgb), batch_size=None, num_workers=cfg.num_workers)
+    load = functools.partial(load_rgb, exif_transpose=cfg.exif_transpose)
+    loader = torch.utils.data.DataLoader(Decoded(paths, load), batch_size=None, num_workers=cfg.num_workers)
     t0, failed, batches = time.time(), [], defaultdict(list)
 
     def flush(size: tuple[int, int]) -> None:

@@ -1,10 +1,12 @@
 """Stage 3: train AffinityNet on the confident labels (paper Sec. 3.3; PSA train_aff.py).
 
-Pairs of stride-8 cells within the radius get affinity labels from the cropped confident label
-map: background pairs and same-object pairs are positive, different-label pairs negative,
-pairs touching an unsure (255) cell are left out. Loss = bg/4 + fg/4 + neg/2 (paper Eq. 4-6),
-each term averaged over its own pairs. Writes ``affinity/checkpoint.pt``, ``final.pth``,
-``log.jsonl``.
+Each training sample is built as the original builds it (``data.voc.AffinitySampleDataset``):
+the image and the CRF scores of both alphas that make-aff-labels kept are cropped together,
+and the confident-label rule decides each stride-8 cell of the crop from its 8x8 block of
+scores. Pairs of cells within the radius get affinity labels from that map: background pairs
+and same-object pairs are positive, different-label pairs negative, pairs touching an unsure
+(255) cell are left out. Loss = bg/4 + fg/4 + neg/2 (paper Eq. 4-6), each term averaged over
+its own pairs. Writes ``affinity/checkpoint.pt``, ``final.pth``, ``log.jsonl``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from affinitynet.algorithms.affinity import affinity_from_features, affinity_lab
 from affinitynet.artifacts import WorkDir
 from affinitynet.common import announce_training_sizes, backbone_of, infer_names, initial_weights, open_dataset
 from affinitynet.config import RunConfig
-from affinitynet.data.transforms import AffinityTransform
-from affinitynet.data.voc import LabelMapDataset
+from affinitynet.data.transforms import AffinityAugment
+from affinitynet.data.voc import AffinitySampleDataset
 from affinitynet.models import build_affinity_net
 
 
@@ -45,10 +47,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     voc = open_dataset(cfg)
     training.seed_everything(ta.seed)  # the heads' initial weights depend on the seed only
     net = initial_weights(build_affinity_net(backbone_of(cfg, ta)), cfg, ta)
-    transform = AffinityTransform(ta.crop, ta.resize_long, ta.color_jitter, net.normalization)
+    augment = AffinityAugment(ta.crop, ta.resize_long, ta.flip, ta.color_jitter, net.normalization)
     labelled = set(infer_names(cfg, voc))  # the images make-aff-labels labelled
     names = [n for n in voc.split(cfg.dataset.train_split) if n in labelled]
-    train_set = LabelMapDataset(voc, names, wd.aff_labels, transform)
+    train_set = AffinitySampleDataset(voc, names, wd.crf_file, augment, cfg.dataset.long_side)
     announce_training_sizes(cfg, voc, names, "train-aff", ta)
     return training.fit(net, partial(affinity_net_loss, radius=ta.radius), train_set, None, ta, wd.affinity,
                         device, resume=resume, config=cfg, desc="train-aff")

@@ -37,9 +37,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     voc = open_dataset(cfg)
     training.seed_everything(tc.seed)  # the head's initial weights depend on the seed only
     net = initial_weights(build_classifier(tc.backbone, voc.num_classes), cfg, tc)
-    transform = ClassificationTransform(tc.crop, tc.resize_long, tc.color_jitter, net.normalization)
+    transform = ClassificationTransform(tc.crop, tc.resize_long, tc.color_jitter, net.normalization, flip=tc.flip)
     names = voc.split(cfg.dataset.train_split)
-    train_set = ClassificationDataset(voc, names, transform)
+    train_set = ClassificationDataset(voc, names, transform, cfg.dataset.long_side)
     announce_training_sizes(cfg, voc, names, "train-cam", tc)
     val_set = None
     if voc.has_split(cfg.dataset.val_split):  # validation loss of the whole images, resized

@@ -59,9 +59,9 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     training.seed_everything(ts.seed)  # the head's initial weights depend on the seed only
     net = initial_weights(build_segmentation_model(ts.model, backbone_of(cfg, ts), voc.num_classes, ts.aux_loss),
                           cfg, ts)
-    transform = SegmentationTransform(ts.crop, ts.resize_long, ts.color_jitter, net.normalization)
+    transform = SegmentationTransform(ts.crop, ts.resize_long, ts.color_jitter, net.normalization, flip=ts.flip)
     names = voc.split(cfg.dataset.train_split)
-    train_set = LabelMapDataset(voc, names, labels, transform)
+    train_set = LabelMapDataset(voc, names, labels, transform, cfg.dataset.long_side)
     announce_training_sizes(cfg, voc, names, "train-seg", ts)
     val_set = None  # validation loss against the ground truth, when the val split has it
     if voc.has_split(cfg.dataset.val_split):
