@@ -92,8 +92,7 @@ def cell_rows(crops: int, scenes: int) -> dict[str, dict[str, float]]:
             former = crop_of(full[None], 255)[0][4::8, 4::8]
             c = counts.setdefault(source, np.zeros(3))
             c += (exact.size, (half != exact).sum(), (former != exact).sum())
-    return {source: {"cells": c[0], "float16": 100 * c[1] / c[0], "former": 100 * c[2] / c[0]}
-            for source, c in counts.items()}
+    return {source: {"cells": c[0], "float16": c[1], "former": c[2]} for source, c in counts.items()}
 
 
 def resize_and_jitter(repeats: int) -> dict[str, tuple[float, float]]:
@@ -135,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table_header("what differs", "images", "compared", "changed", align="lllr")
     for source, r in cell_rows(crops, scenes).items():
         print(f"| CRF scores kept in float16 (original float32): AffinityNet training cells | {source} | "
-              f"{int(r['cells'])} cells of {crops} random crops per image | {r['float16']:.3f} % |")
+              f"{int(r['cells'])} cells of {crops} random crops per image | {int(r['float16'])} "
+              f"({100 * r['float16'] / r['cells']:.3f} %) |")
         print(f"| former rule of this package (per pixel, cell centre) vs the original's (8x8 block mean): "
-              f"training cells | {source} | same cells | {r['former']:.1f} % |")
+              f"training cells | {source} | same cells | {int(r['former'])} ({100 * r['former'] / r['cells']:.1f} %) |")
     pixels = resize_and_jitter(repeats)
     for key, what in (("resize", "train-cam random long side 256-512: torchvision bicubic + antialias vs "
                                  "Pillow bicubic"),

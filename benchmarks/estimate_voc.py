@@ -75,11 +75,11 @@ CROP = paper.train_cam.crop
 WALK = {k: getattr(paper.random_walk, k) for k in ("alpha", "beta", "logt", "radius")}
 
 GPU_KEYS: dict[str, str] = {
-    "train_cam_step_s": f"ResNet-38 classifier training step, batch {CAM_BATCH}, crop {CROP}, bf16 autocast",
+    "train_cam_step_s": f"ResNet-38 classifier training step, batch {CAM_BATCH}, crop {CROP}, fp32 (the default; amp: true is faster)",
     "make_cam_s_per_image": "make-cam per VOC-size image, 4 scales x flip, fp32",
-    "train_aff_step_s": f"ResNet-38 AffinityNet training step, batch {AFF_BATCH}, crop {CROP}, bf16 autocast",
+    "train_aff_step_s": f"ResNet-38 AffinityNet training step, batch {AFF_BATCH}, crop {CROP}, fp32 (the default; amp: true is faster)",
     "aff_forward_s_per_image": "AffinityNet forward + pair affinities per VOC-size image",
-    "train_seg_step_s": f"ResNet-38 segmentation network training step, batch {SEG_BATCH}, crop {CROP}, bf16 autocast",
+    "train_seg_step_s": f"ResNet-38 segmentation network training step, batch {SEG_BATCH}, crop {CROP}, fp32 (the default; amp: true is faster)",
     "segment_s_per_image": "segment per VOC-size image, scale 1 x flip, fp32",
 }
 OPTIONAL_GPU_KEYS = {"random_walk_s_per_image": "random walk per VOC-size image on the GPU"}
@@ -170,11 +170,11 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     def sync_device() -> None:
         sync(device)
 
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" and paper.train_cam.amp  # the stages' default: fp32, as the original
     gen = torch.Generator().manual_seed(0)
     out: dict[str, float] = {}
 
-    # train-cam step (training.fit: bf16 autocast on CUDA, SGD poly)
+    # train-cam step (training.fit: SGD poly; bf16 autocast only with amp)
     net = build_classifier(backbone, 20).to(device)
     opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100, momentum=5e-4)
     x = torch.randn(cam_batch, 3, crop, crop, generator=gen).to(device)
@@ -232,7 +232,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    # train-seg step and segment per image (the stages' forms: bf16 autocast for training)
+    # train-seg step and segment per image (the stages' forms)
     net = build_segmentation_net(backbone, 20).to(device)
     opt = build_optimizer(net, lr=0.01, weight_decay=5e-4, max_step=100, momentum=0.9)
     x = torch.randn(seg_batch, 3, crop, crop, generator=gen).to(device)

@@ -175,4 +175,4 @@ def test_bench_fidelity_quick(capsys):
     rows = table_rows(capsys.readouterr().out, "| what differs |")
     assert len(rows) == 6
     # float16 scores change (almost) no cell; both pixel rows report grey levels
-    assert all(r[-1].endswith("%") for r in rows[:4]) and "grey levels" in rows[-1][-1]
+    assert all(r[-1].endswith("%)") for r in rows[:4]) and "grey levels" in rows[-1][-1]

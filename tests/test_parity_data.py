@@ -36,7 +36,7 @@ def test_shipped_data_is_the_default():
     if "AFFINITYNET_FIXTURES" not in os.environ:
         assert FIXTURES == DATA / "weights"
     for kind in ("pairs_r5_", "aff_labels_", "normalize_", "state_dict_keys_", "net_resnet38_", "net_vgg16_",
-                 "optim_", "cam_crf_", "conf_labels_", "random_walk_image_", "random_walk_net_"):
+                 "optim_", "cam_crf_", "conf_labels_", "random_walk_image_", "random_walk_net_", "aff_sample_"):
         assert list((DATA / "golden").glob(kind + "*")), kind
     assert (DATA / "weights" / "SHA256SUMS").is_file()
     out = _pytest("--collect-only", NORMALIZE_TEST)
