@@ -33,14 +33,21 @@ def deterministic_state_dict(net: torch.nn.Module, cache: dict | None = None) ->
     """The golden README's weight recipe: a numpy generator seeded by crc32 of each key.
 
     The draw depends only on the key and shape, so ``cache`` lets the classifier and the
-    AffinityNet share their backbone tensors (ResNet-38 has 105M of them).
+    AffinityNet share their backbone tensors (ResNet-38 has 105M of them). A tensor registered
+    under several keys (IRN's aliases, e.g. ``resnet50.conv1.weight`` = ``stage1.0.weight``) is
+    drawn once, for its first key in state-dict order, and every alias gets that same tensor.
     """
     cache = {} if cache is None else cache
-    state = {}
-    for key, tensor in net.state_dict().items():
+    state: dict[str, torch.Tensor] = {}
+    first_key: dict[int, str] = {}  # id of the module's tensor -> its first key
+    for key, tensor in net.state_dict(keep_vars=True).items():  # keep_vars: aliases are one object
         shape = tuple(tensor.shape)
         if key.endswith("num_batches_tracked"):
             state[key] = torch.zeros((), dtype=torch.long)
+            continue
+        owner = first_key.setdefault(id(tensor), key)
+        if owner != key:
+            state[key] = state[owner]
             continue
         if (key, shape) not in cache:
             cache[key, shape] = torch.from_numpy(_draw(key, shape).astype(np.float32))

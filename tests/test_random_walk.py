@@ -183,3 +183,20 @@ def test_random_walk_leaves_the_thread_setting_alone():
     aff = random_affinity(9, 10, 13, torch.float32)
     random_walk(torch.rand(2, 9, 10), aff, 9, 10, beta=8, logt=2, radius=5)
     assert torch.get_num_threads() == before
+
+
+def test_generalised_pieces_reproduce_psa_matrix():
+    """PSA's affinities placed on the full grid (0 off the from block) give, through the shared
+    ``grid_affinity_dense`` / ``grid_transition``, PSA's own dense matrix and transition."""
+    from affinitynet.algorithms.random_walk import _full_grid_affinity, grid_affinity_dense, grid_transition
+
+    h, w = 9, 14
+    aff = random_affinity(h, w, 21)
+    weights = _full_grid_affinity(aff, h, w, 5)
+    torch.testing.assert_close(grid_affinity_dense(weights, pair_offsets(5)), dense_affinity(aff, h, w, 5),
+                               rtol=0, atol=0)
+    reverse = list(range(len(pair_offsets(5))))[::-1]
+    shuffled = grid_transition(weights[reverse], [pair_offsets(5)[i] for i in reverse], 8).to_dense()
+    torch.testing.assert_close(shuffled, transition_csr(aff, h, w, beta=8, radius=5).to_dense(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="forward"):
+        grid_transition(weights[:1], [(0, -1)], 8)

@@ -4,9 +4,15 @@ Paper (Ahn & Kwak, CVPR 2018, Sec. 3.2): the background score is (1 - max_c M_c)
 alpha (4) enlarges the background, a large alpha (32) shrinks it. Both score sets are refined by
 a dense CRF; pixels whose low-alpha label is an object are confident foreground, pixels whose
 high-alpha label is background are confident background, everything else is ignored (255).
+
+IRN (Ahn, Cho & Kwak, CVPR 2019, Sec. 3.2) refines two thresholded CAM label maps instead, with
+a CRF whose unary comes from hard labels; both CRFs share ``crf_marginals`` and differ only in
+the unary and the kernels passed in (``PSA_KERNELS``, ``IRN_LABEL_KERNELS``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,18 +23,60 @@ from affinitynet.conventions import IGNORE_INDEX
 UNARY_CLIP = 1e-5
 
 
+@dataclass(frozen=True)
+class CrfKernels:
+    """The two pairwise kernels of a dense CRF: Gaussian (sxy, compat) and bilateral (sxy,
+    srgb, compat) on the uint8 RGB image, pydensecrf's default kernel type and normalisation."""
+
+    gauss_sxy: float
+    gauss_compat: float
+    bi_sxy: float
+    bi_srgb: float
+    bi_compat: float
+
+
+# PSA's crf_inference (the score CRF of Sec. 3.2)
+PSA_KERNELS = CrfKernels(gauss_sxy=3, gauss_compat=3, bi_sxy=80, bi_srgb=13, bi_compat=10)
+# IRN's crf_inference_label (misc/imutils.py), which IRN's cam_to_ir_label runs
+IRN_LABEL_KERNELS = CrfKernels(gauss_sxy=3, gauss_compat=3, bi_sxy=50, bi_srgb=5, bi_compat=10)
+
+
+def crf_marginals(image: np.ndarray, unary: np.ndarray, iterations: int, kernels: CrfKernels) -> np.ndarray:
+    """The dense CRF (Kraehenbuehl & Koltun, pydensecrf) both papers run.
+
+    Args:
+        image: (H, W, 3) uint8 RGB, the bilateral kernel's colour.
+        unary: (K, H*W) energies (-log probabilities), any float dtype.
+    Returns:
+        (K, H, W) float32 marginals after ``iterations`` mean-field steps.
+    """
+    import pydensecrf.densecrf as dcrf
+
+    height, width = image.shape[:2]
+    n_labels = unary.shape[0]
+    if unary.shape[1:] != (height * width,):
+        raise ValueError(f"unary {unary.shape} does not match image {image.shape}")
+    crf = dcrf.DenseCRF2D(width, height, n_labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=kernels.gauss_sxy, compat=kernels.gauss_compat)
+    # pydensecrf needs a writable C-contiguous buffer (np.asarray of a PIL image is read-only).
+    rgb = np.array(image, dtype=np.uint8, order="C", copy=True)
+    crf.addPairwiseBilateral(sxy=kernels.bi_sxy, srgb=kernels.bi_srgb, rgbim=rgb, compat=kernels.bi_compat)
+    q = crf.inference(iterations)
+    return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
+
+
 def dense_crf(
     image: np.ndarray,
     probs: np.ndarray,
     iterations: int,
-    gauss_sxy: float = 3,
-    gauss_compat: float = 3,
-    bi_sxy: float = 80,
-    bi_srgb: float = 13,
-    bi_compat: float = 10,
+    gauss_sxy: float = PSA_KERNELS.gauss_sxy,
+    gauss_compat: float = PSA_KERNELS.gauss_compat,
+    bi_sxy: float = PSA_KERNELS.bi_sxy,
+    bi_srgb: float = PSA_KERNELS.bi_srgb,
+    bi_compat: float = PSA_KERNELS.bi_compat,
 ) -> np.ndarray:
-    """Fully connected CRF (Kraehenbuehl & Koltun) over per-pixel scores. The kernel settings
-    are those of PSA's crf_inference (Gaussian sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10).
+    """Fully connected CRF over per-pixel scores (PSA's crf_inference; its kernels by default).
 
     Args:
         image: (H, W, 3) uint8 RGB, the bilateral kernel's colour.
@@ -36,21 +84,80 @@ def dense_crf(
     Returns:
         (K, H, W) float32 marginals after ``iterations`` mean-field steps.
     """
-    import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
-    height, width = image.shape[:2]
-    n_labels = probs.shape[0]
-    if probs.shape[1:] != (height, width):
+    if probs.shape[1:] != image.shape[:2]:
         raise ValueError(f"probs {probs.shape} do not match image {image.shape}")
-    crf = dcrf.DenseCRF2D(width, height, n_labels)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs, clip=UNARY_CLIP)))
-    crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    # pydensecrf needs a writable C-contiguous buffer (np.asarray of a PIL image is read-only).
-    rgb = np.array(image, dtype=np.uint8, order="C", copy=True)
-    crf.addPairwiseBilateral(sxy=bi_sxy, srgb=bi_srgb, rgbim=rgb, compat=bi_compat)
-    q = crf.inference(iterations)
-    return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
+    kernels = CrfKernels(gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat)
+    return crf_marginals(image, unary_from_softmax(probs, clip=UNARY_CLIP), iterations, kernels)
+
+
+def label_crf(image: np.ndarray, labels: np.ndarray, n_labels: int, iterations: int, gt_prob: float,
+              kernels: CrfKernels) -> np.ndarray:
+    """Dense CRF over a hard label map (IRN's crf_inference_label; IRN: gt_prob 0.7, 10 steps,
+    ``IRN_LABEL_KERNELS``).
+
+    ``labels`` (H, W) integers in 0..n_labels-1, every value a real label (pydensecrf's
+    ``unary_from_labels(zero_unsure=False)``: -log(gt_prob) for a pixel's own label,
+    -log((1 - gt_prob) / (n_labels - 1)) for the others). Returns the (H, W) int64 argmax of the
+    marginals (ties to the lower label).
+    """
+    from pydensecrf.utils import unary_from_labels
+
+    labels = np.asarray(labels)
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels {labels.shape} do not match image {image.shape}")
+    if n_labels < 2:
+        return np.zeros(labels.shape, np.int64)  # one label: nothing to decide (and no "other" label)
+    unary = unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=gt_prob, zero_unsure=False)
+    return np.argmax(crf_marginals(image, unary, iterations, kernels), axis=0)
+
+
+def argmax_with_background(maps: np.ndarray, threshold: float) -> np.ndarray:
+    """(K, H, W) scores -> (H, W) int64 positions 0..K: argmax over [a plane of ``threshold``] +
+    maps (the plane in the maps' dtype, as IRN pads it; ties go to the lower position, so the
+    background wins a tie)."""
+    maps = np.asarray(maps)
+    plane = np.full((1,) + maps.shape[1:], threshold, dtype=maps.dtype)
+    return np.argmax(np.concatenate([plane, maps]), axis=0)
+
+
+def ir_label(image: np.ndarray, keys: np.ndarray, cams: np.ndarray, fg_threshold: float, bg_threshold: float,
+             iterations: int, gt_prob: float, kernels: CrfKernels) -> np.ndarray:
+    """IRN's confident inter-pixel-relation label of one image (IRN Sec. 3.2 / cam_to_ir_label;
+    IRN: thresholds 0.30 / 0.05, the label CRF with gt_prob 0.7, 10 steps, IRN_LABEL_KERNELS).
+
+    ``image`` (H, W, 3) uint8, ``keys`` (K,) class indices of ``cams`` (K, H, W) in [0, 1].
+    The foreground label is the CRF of argmax([fg_threshold] + cams), the background label the
+    CRF of argmax([bg_threshold] + cams). Returns (H, W) uint8: the foreground class (index + 1)
+    where the foreground CRF finds one, 0 where both CRFs say background, 255 elsewhere.
+    """
+    fg = ir_label_parts(image, keys, cams, fg_threshold, iterations, gt_prob, kernels)[1]
+    bg = ir_label_parts(image, keys, cams, bg_threshold, iterations, gt_prob, kernels)[1]
+    return combine_ir_labels(fg, bg)
+
+
+def ir_label_parts(image: np.ndarray, keys: np.ndarray, cams: np.ndarray, threshold: float, iterations: int,
+                   gt_prob: float, kernels: CrfKernels) -> tuple[np.ndarray, np.ndarray]:
+    """One threshold of ``ir_label``: (the CAM argmax positions 0..K (H, W) int64, the CRF's
+    label map (H, W) int64 with 0 = background and class index + 1)."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    cams = np.asarray(cams).reshape(-1, *image.shape[:2])
+    if cams.shape[0] != keys.size:
+        raise ValueError(f"{keys.size} keys for {cams.shape[0]} CAM maps")
+    positions = argmax_with_background(cams, threshold)
+    refined = label_crf(image, positions, keys.size + 1, iterations, gt_prob, kernels)
+    return positions, np.concatenate([[0], keys + 1])[refined]
+
+
+def combine_ir_labels(fg_label: np.ndarray, bg_label: np.ndarray) -> np.ndarray:
+    """IRN's rule: the foreground label where it is an object, 0 where both labels are
+    background, 255 (not confident) elsewhere -> (H, W) uint8."""
+    out = np.asarray(fg_label).astype(np.int64)
+    fg_background = out == 0
+    out[fg_background] = IGNORE_INDEX
+    out[fg_background & (np.asarray(bg_label) == 0)] = 0
+    return out.astype(np.uint8)
 
 
 def crf_with_background(image: np.ndarray, maps: np.ndarray, alpha: float, iterations: int) -> np.ndarray:

@@ -9,11 +9,18 @@ sum_i s_i A_ij^beta / sum_k A_kj^beta (A symmetric, so column sums = degrees).
 (O(n^3) time, O(n^2) memory; kept for checking). ``random_walk`` runs the same 2^logt steps on
 the radius-5 stencil without forming the matrix: A has at most 1 + 2 * 34 non-zeros per row, so
 each step is a sparse (CSR) product costing O(69 n K) for K score channels.
+
+IRN (Ahn, Cho & Kwak, CVPR 2019) walks the same way (column-normalised A^beta, s @ T^(2^t)) on
+the stride-4 grid, with affinities from a boundary map for every pair inside the grid rather
+than from AffinityNet on PSA's "from" block. Both reach the one sparse transition,
+``grid_transition`` (per-offset weights on the full grid plus the list of offsets), and the one
+walk, ``random_walk_steps``; ``grid_affinity_dense`` is the matching dense matrix.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +30,6 @@ from affinitynet.algorithms.affinity import dense_affinity
 from affinitynet.algorithms.cam import background_score
 from affinitynet.algorithms.pairs import from_region, pair_offsets
 from affinitynet.conventions import STRIDE
-
 
 
 def random_walk_dense(cams: torch.Tensor, aff_dense: torch.Tensor, beta: float,
@@ -48,28 +54,57 @@ def _full_grid_affinity(aff: torch.Tensor, height: int, width: int, radius: int)
     return full
 
 
-def transition_csr(aff: torch.Tensor, height: int, width: int, beta: float, radius: int) -> torch.Tensor:
+def _check_offsets(weights: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    offsets = [(int(dy), int(dx)) for dy, dx in offsets]
+    if weights.dim() != 3 or weights.shape[0] != len(offsets):
+        raise ValueError(f"weights {tuple(weights.shape)} do not match {len(offsets)} offsets "
+                         "(expected (n_offsets, h, w))")
+    if len(set(offsets)) != len(offsets) or any(dy < 0 or (dy == 0 and dx <= 0) for dy, dx in offsets):
+        # each unordered pair must be listed once, by its forward offset
+        raise ValueError("offsets must be distinct forward offsets (dy > 0, or dy == 0 and dx > 0)")
+    return offsets
+
+
+def zero_off_grid(weights: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Set weights[k, y, x] = 0 (in place) wherever (y + dy_k, x + dx_k) is off the grid;
+    returns ``weights`` (n_offsets, h, w)."""
+    height, width = weights.shape[-2:]
+    for k, (dy, dx) in enumerate(offsets):
+        weights[k, max(height - dy, 0):] = 0
+        if dx > 0:
+            weights[k, :, max(width - dx, 0):] = 0
+        elif dx < 0:
+            weights[k, :, :-dx] = 0
+    return weights
+
+
+def grid_transition(weights: torch.Tensor, offsets: Sequence[tuple[int, int]], beta: float) -> torch.Tensor:
     """Sparse transposed transition T^T = D^-1 A^beta as a CSR (n, n) tensor, rows = targets.
 
-    ``aff`` (n_offsets, n_from) on an h x w grid. Row j holds A_ij^beta / d_j for i in j's
-    radius-5 neighbourhood (j itself included, with A_jj = 1), so (T^T @ s^T)^T = s @ T.
+    The one transition of both walks. ``weights`` (n_offsets, h, w): weights[k, y, x] is the
+    affinity in [0, 1] of cell (y, x) and its partner (y + dy_k, x + dx_k), 0 where there is no
+    such pair (partner off the grid, or a cell the caller has no affinity for); ``offsets`` the
+    forward offsets (dy, dx), each unordered pair listed once. A is symmetric with A_jj = 1, and
+    row j holds A_ij^beta / d_j for the i in j's stencil, so (T^T @ s^T)^T = s @ T.
     """
-    offsets = pair_offsets(radius)
-    if aff.shape[0] != len(offsets):
-        raise ValueError(f"affinity has {aff.shape[0]} offsets, radius {radius} has {len(offsets)}")
-    device = aff.device
-    weight = _full_grid_affinity(aff ** beta, height, width, radius)  # A^beta at (from, from+o)
+    offsets = _check_offsets(weights, offsets)
+    height, width = weights.shape[-2:]
+    device = weights.device
+    # a pair whose partner is off the grid does not exist, whatever the caller put there (this
+    # also keeps the columns of every surviving entry in order, below)
+    weight = zero_off_grid(weights ** beta, offsets)
     n = height * width
-    r = radius - 1
-    weight_pad = F.pad(weight, (r, r, r, r))
+    py = max([dy for dy, _ in offsets], default=0)
+    px = max([abs(dx) for _, dx in offsets], default=0)
+    weight_pad = F.pad(weight, (px, px, py, py))
     # Row j = (y, x) has one entry per stencil offset (dy, dx): the pair (j, j+o) weighs
     # W_o[j]; the pair (j-o, j) weighs W_o[j-o]. Listing the offsets sorted by (dy, dx), i.e. by
-    # the column shift dy*w + dx (|dx| < w), gives sorted columns without a sort. Entries off
-    # the grid or off the from-block weigh 0 and are dropped.
+    # the column shift dy*w + dx (|dx| < w for every entry that survives), gives sorted columns
+    # without a sort. Entries of weight 0 (off the grid, no pair) are dropped.
     stencil = {(0, 0): weight.new_ones(height, width)}
-    for k, (dy, dx) in enumerate(pair_offsets(radius)):
+    for k, (dy, dx) in enumerate(offsets):
         stencil[(dy, dx)] = weight[k]
-        stencil[(-dy, -dx)] = weight_pad[k, r - dy:r - dy + height, r - dx:r - dx + width]
+        stencil[(-dy, -dx)] = weight_pad[k, py - dy:py - dy + height, px - dx:px - dx + width]
     order = sorted(stencil)
     vals = torch.stack([stencil[o] for o in order], dim=-1).reshape(n, len(order))
     vals = vals / vals.sum(dim=1, keepdim=True)        # divide by the degree d_j
@@ -85,6 +120,38 @@ def transition_csr(aff: torch.Tensor, height: int, width: int, beta: float, radi
                                        check_invariants=False)
 
 
+def grid_affinity_dense(weights: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """The symmetric (n, n) affinity matrix of per-offset grid ``weights`` (as ``grid_transition``
+    reads them), ones on the diagonal: the dense reference of the same walk."""
+    offsets = _check_offsets(weights, offsets)
+    height, width = weights.shape[-2:]
+    n = height * width
+    grid = torch.arange(n, device=weights.device).reshape(height, width)
+    dense = torch.zeros(n, n, dtype=weights.dtype, device=weights.device)
+    for k, (dy, dx) in enumerate(offsets):
+        # cells whose partner is on the grid: rows 0..h-1-dy, columns max(0,-dx)..w-1-max(0,dx)
+        x0, x1 = max(0, -dx), width - max(0, dx)
+        if dy >= height or x0 >= x1:
+            continue
+        src = grid[:height - dy, x0:x1].reshape(-1)
+        dst = grid[dy:, x0 + dx:x1 + dx].reshape(-1)
+        vals = weights[k, :height - dy, x0:x1].reshape(-1)
+        dense[src, dst] = vals
+        dense[dst, src] = vals
+    dense.fill_diagonal_(1.0)
+    return dense
+
+
+def transition_csr(aff: torch.Tensor, height: int, width: int, beta: float, radius: int) -> torch.Tensor:
+    """PSA's transition: ``grid_transition`` of the pair affinities ``aff`` (n_offsets, n_from)
+    of an h x w grid (``pairs.pair_offsets`` order, values on the from block, no pair elsewhere).
+    """
+    offsets = pair_offsets(radius)
+    if aff.shape[0] != len(offsets):
+        raise ValueError(f"affinity has {aff.shape[0]} offsets, radius {radius} has {len(offsets)}")
+    return grid_transition(_full_grid_affinity(aff, height, width, radius), offsets, beta)
+
+
 def random_walk(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int,
                 beta: float, logt: int, radius: int) -> torch.Tensor:
     """Fast random walk on the stride-8 grid, the same result as ``random_walk_dense``.
@@ -98,24 +165,30 @@ def random_walk(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int,
     process shares the cores (measured 100x slower on 2 busy cores): callers that walk many
     images run it with one torch thread and parallelise over images instead.
     """
-    return random_walk_steps(cams, aff, height, width, beta, (logt,), radius)[logt]
-
-
-def random_walk_steps(cams: torch.Tensor, aff: torch.Tensor, height: int, width: int, beta: float,
-                      logts: tuple[int, ...], radius: int) -> dict[int, torch.Tensor]:
-    """``random_walk`` for several ``logts`` at once: one walk of 2^max(logts) steps that keeps
-    the scores after 2^logt steps for each -> {logt: (K, h, w)}. The walk is linear, so every
-    channel (e.g. several background powers) walks independently of the others."""
     if aff.dim() == 3:
         aff = aff[0]
     if cams.shape[-2:] != (height, width):
         raise ValueError(f"cams grid {tuple(cams.shape[-2:])} != affinity grid ({height}, {width})")
     trans_t = transition_csr(aff, height, width, beta, radius)
-    scores = cams.reshape(cams.shape[0], -1).to(device=aff.device, dtype=aff.dtype)
+    return random_walk_steps(cams, trans_t, (logt,))[logt]
+
+
+def random_walk_steps(cams: torch.Tensor, transition: torch.Tensor,
+                      logts: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The walk itself, for any transition (PSA's ``transition_csr``, IRN's boundary
+    affinities through ``grid_transition``): 2^max(logts) sparse steps from ``cams`` (K, h, w),
+    keeping the scores after 2^logt steps for each logt -> {logt: (K, h, w)}. Runs in the
+    dtype and on the device of ``transition``. The walk is linear, so every channel (e.g.
+    several background powers) walks independently of the others."""
+    height, width = cams.shape[-2:]
+    if transition.shape[0] != height * width:
+        raise ValueError(f"cams grid ({height}, {width}) does not match a transition of "
+                         f"{transition.shape[0]} cells")
+    scores = cams.reshape(cams.shape[0], -1).to(device=transition.device, dtype=transition.dtype)
     scores = scores.T.contiguous()  # (n, K): T^T @ s^T is (s @ T)^T
     kept = {0: scores} if 0 in logts else {}
     for step in range(1, 2 ** max(logts) + 1):
-        scores = trans_t @ scores
+        scores = transition @ scores
         if step & (step - 1) == 0 and step.bit_length() - 1 in logts:  # step = 2^logt
             kept[step.bit_length() - 1] = scores
     return {logt: kept[logt].T.reshape(cams.shape[0], height, width) for logt in logts}
@@ -200,6 +273,8 @@ def propagate_cams_settings(cam_keys: np.ndarray, cam_maps: np.ndarray, aff: tor
     backgrounds = torch.stack([background_score(maps, a) for a in alphas])
     grid = cam_grid(torch.cat([backgrounds, maps]))  # (len(alphas) + K, h, w)
     h, w = grid.shape[-2:]
-    walked = random_walk_steps(grid, aff, h, w, beta, tuple(logts), radius)
+    if aff.dim() == 3:
+        aff = aff[0]
+    walked = random_walk_steps(grid, transition_csr(aff, h, w, beta, radius), tuple(logts))
     return {(alpha, logt): label_from_scores(torch.cat([s[i:i + 1], s[len(alphas):]]), keys, maps.shape[1:])
             for logt, s in walked.items() for i, alpha in enumerate(alphas)}

@@ -8,6 +8,7 @@ exact key names of the original releases (PSA's ``res38_cls.pth`` etc.).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,6 +16,18 @@ from torch import nn
 from affinitynet.errors import InputError
 
 ParamGroups = tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """One optimizer group a network declares itself (IRN's networks; PSA's use the four
+    groups of :meth:`Backbone.param_groups`): its parameters, the multiple of the base learning
+    rate it trains with, and whether it gets the weight decay."""
+
+    params: list[nn.Parameter]
+    lr_mult: float
+    weight_decay: bool
+    name: str = ""
 
 # Modules whose ``weight``/``bias`` go into the parameter groups (PSA's get_parameter_groups).
 _GROUPED = (nn.Conv2d, nn.GroupNorm, nn.BatchNorm2d)

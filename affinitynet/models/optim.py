@@ -1,9 +1,10 @@
 """SGD with the poly learning-rate schedule and PSA's four parameter groups.
 
 Groups (pretrained weights, pretrained biases, new weights, new biases) get the learning rates
-(lr, 2lr, 10lr, 20lr) and weight decay (wd, 0, wd, 0), as PSA's train_cls/train_aff. Before
-each update at step s < max_step every lr becomes initial * (1 - s/max_step)^0.9; from max_step
-on it stays where it was.
+(lr, 2lr, 10lr, 20lr) and weight decay (wd, 0, wd, 0), as PSA's train_cls/train_aff. A network
+may instead declare its own groups as :class:`~affinitynet.models.base.ParamGroup` objects (IRN's
+two, with lr and 10lr). Before each update at step s < max_step every lr becomes
+initial * (1 - s/max_step)^0.9; from max_step on it stays where it was.
 
 PSA's quirk: its optimizer calls ``SGD(params, lr, weight_decay)`` positionally, which passes the
 weight decay as the *momentum*; so the released models were trained with momentum 0.0005 (= wd).
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from affinitynet.models.base import ParamGroup
 
 #: poly schedule exponent (PSA; Chen et al. DeepLab)
 POLY_POWER = 0.9
@@ -75,12 +78,26 @@ class PolyOptimizer(torch.optim.SGD):
         super().load_state_dict(state_dict)
 
 
+def optimizer_groups(net: torch.nn.Module) -> list[ParamGroup]:
+    """``net.param_groups()`` as :class:`ParamGroup` objects: a network's own declared groups as
+    they are, PSA's four lists with PSA's multipliers and decay flags."""
+    groups = list(net.param_groups())
+    if all(isinstance(g, ParamGroup) for g in groups):
+        return groups
+    if len(groups) != len(GROUP_LR_MULT) or any(isinstance(g, ParamGroup) for g in groups):
+        raise TypeError(f"{type(net).__name__}.param_groups() must return PSA's four parameter lists "
+                        "or a list of ParamGroup")
+    return [ParamGroup(list(params), mult, decay)
+            for params, mult, decay in zip(groups, GROUP_LR_MULT, GROUP_DECAY)]
+
+
 def build_optimizer(net: torch.nn.Module, lr: float, weight_decay: float, max_step: int,
                     momentum: float) -> PolyOptimizer:
-    """PolyOptimizer over ``net.param_groups()`` with PSA's per-group lr and weight decay.
+    """PolyOptimizer over the network's parameter groups (:func:`optimizer_groups`): each at
+    ``lr`` times its multiplier, with ``weight_decay`` where the group takes it.
 
     ``net`` must be in the mode it will train in (its frozen layers are left out of the groups).
     """
-    groups = [{"params": list(params), "lr": lr * mult, "weight_decay": weight_decay if decay else 0.0}
-              for params, mult, decay in zip(net.param_groups(), GROUP_LR_MULT, GROUP_DECAY)]
+    groups = [{"params": list(g.params), "lr": lr * g.lr_mult, "weight_decay": weight_decay if g.weight_decay else 0.0}
+              for g in optimizer_groups(net)]
     return PolyOptimizer(groups, lr=lr, weight_decay=weight_decay, max_step=max_step, momentum=momentum)
