@@ -49,6 +49,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from affinitynet.errors import InputError
+from affinitynet.stage_table import STAGE_BY_NAME, STAGE_TABLE
 
 CAM_FORMAT_VERSION = 1
 CRF_FORMAT_VERSION = 1
@@ -151,9 +152,12 @@ class WorkDir:
 
     @property
     def label_folders(self) -> tuple[tuple[str, str, Path], ...]:
-        """The stages' label-map folders in pipeline order, as (key, title in pictures, folder)."""
-        return (("cam-pred", "CAM prediction", self.cam_pred), ("confident", "confident (CRF)", self.aff_labels),
-                ("pseudo", "random walk", self.pseudo_labels), ("seg", "segmentation net", self.seg_pred))
+        """The stages' label-map folders in pipeline order, as (stage name, title in pictures, folder)."""
+        return tuple((s.name, s.label_title, getattr(self, s.folder)) for s in STAGE_TABLE if not s.trains)
+
+    def training(self, stage: str) -> TrainingFolder:
+        """The folder of training stage ``stage`` (a name of the stage table)."""
+        return getattr(self, STAGE_BY_NAME[stage].folder)
 
     @property
     def vis(self) -> Path:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from affinitynet import config as C
 from affinitynet import pipeline
-from affinitynet.data.synthetic import families
 from affinitynet.errors import AffinityNetError
 from affinitynet.stages import convert_weights, evaluate, export, predict, prepare_coco, prepare_voc, synth, tune
 
@@ -48,87 +48,94 @@ def _alias(item: str) -> str:
     return item
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="affinitynet",
-        description="AffinityNet (Ahn & Kwak, CVPR 2018): segmentation labels from image-level labels.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _data_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the built-in synthetic dataset (VOC layout)")
     p.add_argument("out")
     p.add_argument("--train", type=int, default=C.SynthConfig.train)
     p.add_argument("--val", type=int, default=C.SynthConfig.val)
     p.add_argument("--seed", type=int, default=C.SynthConfig.seed)
-    p.add_argument("--family", default=C.SynthConfig.family, choices=tuple(families()),
+    p.add_argument("--family", default=C.SynthConfig.family, choices=C.SYNTHETIC_FAMILIES,
                    help="shapes: 200-320 px, plain background; clutter: 96-640 px, cluttered background")
     p.add_argument("--scale", type=float, default=C.SynthConfig.scale, help="resize every image by this factor")
 
     p = sub.add_parser("prepare-voc", help="split lists and image labels for PASCAL VOC 2012 + SBD")
     p.add_argument("--voc-root", required=True)
-    p.add_argument("--sbd-root", default="")
-    p.add_argument("--out", default="")
+    p.add_argument("--sbd-root", default=C.PrepareVOCConfig.sbd_root)
+    p.add_argument("--out", default=C.PrepareVOCConfig.out)
     p.add_argument("--convert-sbd", action="store_true", help="write SBD .mat masks as PNGs")
 
     p = sub.add_parser("prepare-coco", help="MS-COCO 2014 as a VOC-layout dataset: lists, labels, image links, masks")
     p.add_argument("--coco-root", required=True,
                    help="folder with train2014/, val2014/ and annotations/instances_{train,val}2014.json")
-    p.add_argument("--out", default="", help="dataset folder to write (default: the COCO root)")
+    p.add_argument("--out", default=C.PrepareCOCOConfig.out, help="dataset folder to write (default: the COCO root)")
     p.add_argument("--processes", type=int, default=C.PrepareCOCOConfig.processes,
                    help="mask-writing processes (0 = all cores)")
 
     p = sub.add_parser("evaluate", help="mIoU of palette-PNG predictions against ground truth")
     p.add_argument("--pred", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--split", default="val")
-    p.add_argument("--out", default="")
+    p.add_argument("--split", default=C.EvaluateConfig.split)
+    p.add_argument("--out", default=C.EvaluateConfig.out)
 
     p = sub.add_parser("convert-weights", help="MXNet .params / Caffe .caffemodel -> .pth")
     p.add_argument("input")
     p.add_argument("output")
 
+
+def _pipeline_commands(sub: argparse._SubParsersAction) -> None:
     for stage in pipeline.STAGES:
-        p = sub.add_parser(stage.command, help=stage.help)
+        p = sub.add_parser(stage.info.cli, help=stage.info.help)
         _add_run_options(p)
-        if stage.trains:
+        if stage.info.trains:
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    for name, help_text in (("run", "the whole pipeline from one YAML config"),
+                            ("tune", "search bg score, CRF alphas and walk settings on images with ground truth")):
+        _add_run_options(sub.add_parser(name, help=help_text))
+    p = sub.add_parser("demo", help="synthetic data + whole pipeline with the CPU recipe (configs/demo.yaml)")
+    p.add_argument("--workdir", default="work/demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default=C.RunConfig.device)
+    p.add_argument("--family", default=C.SynthConfig.family, choices=C.SYNTHETIC_FAMILIES, help="synthetic family")
+    p = sub.add_parser("report", help="HTML report of a work folder (scores, training curves, CAM sweep, gallery)")
+    p.add_argument("workdir", help="the work folder of a run (finished or not)")
+    p.add_argument("--images", type=_count, default=None,
+                   help="gallery size (default 24: the best, the worst and random images by random-walk IoU)")
 
-    p = sub.add_parser("run", help="the whole pipeline from one YAML config")
-    _add_run_options(p)
 
-    p = sub.add_parser("tune", help="search bg score, CRF alphas and walk settings on images with ground truth")
-    _add_run_options(p)
-
+def _use_commands(sub: argparse._SubParsersAction) -> None:
+    segment = C.SegmentConfig
     p = sub.add_parser("predict", help="segment any images with a trained segmentation network")
     p.add_argument("inputs", nargs="+", metavar="IMAGES", help="image files, folders, .txt lists of image paths")
     p.add_argument("--weights", required=True, help="a work folder or train-seg's final.pth")
     p.add_argument("--out", required=True, help="folder for <name>.png (palette PNGs)")
     p.add_argument("--overlay", action="store_true", help="also <out>/overlay/<name>.jpg: labels over the image")
-    p.add_argument("--scales", default="1.0", help="comma-separated scales of the working size (default 1.0)")
+    p.add_argument("--scales", default=",".join(map(str, segment.scales)),
+                   help="comma-separated scales of the working size")
     p.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal-flip pass")
     p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
-    p.add_argument("--long-side", type=int, default=-1, help="working size (default: the network's)")
-    p.add_argument("--batch-size", type=int, default=1, help="images of one size per network pass")
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--long-side", type=int, default=C.PredictConfig.long_side,
+                   help="working size (default: the network's)")
+    p.add_argument("--batch-size", type=int, default=C.PredictConfig.batch_size,
+                   help="images of one size per network pass")
+    p.add_argument("--workers", type=int, default=segment.num_workers, help="image decoding processes")
+    p.add_argument("--device", default=C.PredictConfig.device)
     p.add_argument("--exif-transpose", action="store_true",
                    help="turn images upright by their EXIF orientation (default: the stored pixel grid)")
-
     p = sub.add_parser("export", help="a trained segmentation network as ONNX or TorchScript")
     p.add_argument("--weights", required=True, help="a work folder or train-seg's final.pth")
     p.add_argument("--out", required=True, help="the file to write (e.g. seg.onnx)")
-    p.add_argument("--format", default=C.ExportConfig.format, choices=export.FORMATS)
+    p.add_argument("--format", default=C.ExportConfig.format, choices=C.EXPORT_FORMATS)
 
-    p = sub.add_parser("demo", help="synthetic data + whole pipeline with the CPU recipe (configs/demo.yaml)")
-    p.add_argument("--workdir", default="work/demo")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--family", default=C.SynthConfig.family, choices=tuple(families()), help="synthetic family")
 
-    p = sub.add_parser("report", help="HTML report of a work folder (scores, training curves, CAM sweep, gallery)")
-    p.add_argument("workdir", help="the work folder of a run (finished or not)")
-    p.add_argument("--images", type=_count, default=None,
-                   help="gallery size (default 24: the best, the worst and random images by random-walk IoU)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="affinitynet",
+        description="AffinityNet (Ahn & Kwak, CVPR 2018): segmentation labels from image-level labels.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_commands(sub)
+    _pipeline_commands(sub)
+    _use_commands(sub)
     return parser
 
 
@@ -140,32 +147,34 @@ def _count(text: str) -> int:
     return value
 
 
+# command -> (its config class, the stage's run, the config values from the parsed flags)
+_COMMANDS: dict[str, tuple[type, Callable[[Any], Any], Callable[[argparse.Namespace], dict[str, Any]]]] = {
+    "synth": (C.SynthConfig, synth.run, lambda a: {"out": a.out, "train": a.train, "val": a.val, "seed": a.seed,
+                                                   "family": a.family, "scale": a.scale}),
+    "prepare-voc": (C.PrepareVOCConfig, prepare_voc.run, lambda a: {"voc_root": a.voc_root, "sbd_root": a.sbd_root,
+                                                                    "out": a.out, "convert_sbd": a.convert_sbd}),
+    "prepare-coco": (C.PrepareCOCOConfig, prepare_coco.run,
+                     lambda a: {"coco_root": a.coco_root, "out": a.out, "processes": a.processes}),
+    "evaluate": (C.EvaluateConfig, evaluate.run,
+                 lambda a: {"pred": a.pred, "dataset": a.dataset, "split": a.split, "out": a.out}),
+    "convert-weights": (C.ConvertWeightsConfig, convert_weights.run, lambda a: {"input": a.input, "output": a.output}),
+    "predict": (C.PredictConfig, predict.run, lambda a: {
+        "weights": a.weights, "inputs": a.inputs, "out": a.out, "overlay": a.overlay, "long_side": a.long_side,
+        "batch_size": a.batch_size, "device": a.device, "exif_transpose": a.exif_transpose,
+        "segment": {"scales": a.scales, "flip": a.flip, "crf": a.crf, "num_workers": a.workers}}),
+    "export": (C.ExportConfig, export.run, lambda a: {"weights": a.weights, "out": a.out, "format": a.format}),
+}
+
+
 def _dispatch(args: argparse.Namespace) -> Any:
     cmd = args.command
-    if cmd == "synth":
-        return synth.run(C.SynthConfig(out=args.out, train=args.train, val=args.val, seed=args.seed,
-                                       family=args.family, scale=args.scale))
-    if cmd == "prepare-voc":
-        return prepare_voc.run(C.PrepareVOCConfig(
-            voc_root=args.voc_root, sbd_root=args.sbd_root, out=args.out, convert_sbd=args.convert_sbd))
-    if cmd == "prepare-coco":
-        return prepare_coco.run(C.PrepareCOCOConfig(coco_root=args.coco_root, out=args.out, processes=args.processes))
-    if cmd == "evaluate":
-        return evaluate.run(C.EvaluateConfig(pred=args.pred, dataset=args.dataset, split=args.split, out=args.out))
-    if cmd == "convert-weights":
-        return convert_weights.run(C.ConvertWeightsConfig(input=args.input, output=args.output))
+    if cmd in _COMMANDS:
+        cls, run, values = _COMMANDS[cmd]
+        return run(C.load_config(cls, values=values(args)))
     if cmd == "run":
         return pipeline.run(_run_config(args))
     if cmd == "tune":
         return tune.run(_run_config(args))
-    if cmd == "predict":
-        settings = {"weights": args.weights, "inputs": args.inputs, "out": args.out, "overlay": args.overlay,
-                    "scales": args.scales, "flip": args.flip, "crf": args.crf, "long_side": args.long_side,
-                    "batch_size": args.batch_size, "num_workers": args.workers, "device": args.device,
-                    "exif_transpose": args.exif_transpose}
-        return predict.run(C.load_config(C.PredictConfig, values=settings))
-    if cmd == "export":
-        return export.run(C.ExportConfig(weights=args.weights, out=args.out, format=args.format))
     if cmd == "report":
         from affinitynet import report  # matplotlib: loaded for the commands that draw, not for every command
 
@@ -175,7 +184,7 @@ def _dispatch(args: argparse.Namespace) -> Any:
     if cmd == "demo":
         return pipeline.demo(workdir=args.workdir, sets=[_alias(s) for s in args.set], device=args.device,
                              data={"family": args.family})
-    stage = next(s for s in pipeline.STAGES if s.command == cmd)
+    stage = next(s for s in pipeline.STAGES if s.info.cli == cmd)
     return stage.run(_run_config(args), resume=getattr(args, "resume", False))
 
 

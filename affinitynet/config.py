@@ -1,9 +1,12 @@
-"""Typed configuration of every stage, with the paper's defaults in one place.
+"""Typed configuration of every command and stage, with the paper's defaults in one place.
 
-Every default below is the value of Ahn & Kwak (CVPR 2018) / the original PSA release unless a
-comment says otherwise; no other module holds a default of the paper. YAML files and
-``--set key=value`` only override these; the final config of a run is written into its work
-folder (``config.yaml``). A field's valid range is declared with the field (``bounded``).
+Every setting the paper (Ahn & Kwak, CVPR 2018) or the original PSA release fixes has its value
+here, with the source in a comment where it is not obvious; settings of our own (loader workers,
+memory format, the working size, ...) say what they are. The fixed constants of the algorithms
+themselves (the CRF's kernel widths, the normalisation means) live with the algorithms. YAML
+files, ``--set key=value`` and command-line flags only override these defaults, through
+``load_config``, which validates the result (ranges are declared with the fields, ``bounded``)
+and returns it frozen; the final config of a run is written into its work folder.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from affinitynet.algorithms.pairs import min_image_size
 from affinitynet.errors import ConfigError
 
 #: recipes that ship with the package (``configs/`` in the repository): ``--config demo`` works
@@ -29,10 +33,26 @@ def bounded(default: Any, low: float, high: float) -> Any:
     return field(default=default, metadata={"range": (low, high)})
 
 
+def one_of(default: Any, choices: tuple[Any, ...]) -> Any:
+    """A dataclass field whose value must be one of ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+# The choices of the settings that name a thing defined elsewhere, kept here so that validation
+# needs no torch import (tests/test_config.py checks they agree):
+# affinitynet.models.BACKBONES, affinitynet.models.SEGMENTATION_MODELS, the synthetic families
+# (affinitynet.data.synthetic.families), the export formats (affinitynet.stages.export)
+BACKBONE_NAMES: tuple[str, ...] = ("resnet38", "vgg16", "resnet50", "tiny")
+SEGMENTATION_MODEL_NAMES: tuple[str, ...] = ("largefov", "deeplabv2", "deeplabv3_resnet50", "deeplabv3_resnet101")
+SYNTHETIC_FAMILIES: tuple[str, ...] = ("shapes", "clutter")
+EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+WALK_METHODS: tuple[str, ...] = ("sparse", "dense")  # dense: the original's, for checking
+
+
 # --------------------------------------------------------------------------------------------
 # Data-layer commands
 # --------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class SynthConfig:
     """``affinitynet synth``: write the built-in synthetic dataset in VOC layout."""
 
@@ -40,11 +60,11 @@ class SynthConfig:
     train: int = bounded(240, 0, 1 << 24)
     val: int = bounded(60, 0, 1 << 24)
     seed: int = 0
-    family: str = "shapes"  # or "clutter" (affinitynet/data/synthetic*.py)
+    family: str = one_of("shapes", SYNTHETIC_FAMILIES)  # affinitynet/data/synthetic*.py
     scale: float = bounded(1.0, 0.05, 10.0)  # resize every image (e.g. 0.55: shapes of 110-176 px)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrepareVOCConfig:
     """``affinitynet prepare-voc``: split lists and image labels from VOC 2012 (+ SBD)."""
 
@@ -54,7 +74,7 @@ class PrepareVOCConfig:
     convert_sbd: bool = False  # also write SBD .mat masks as palette PNGs
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrepareCOCOConfig:
     """``affinitynet prepare-coco``: MS-COCO 2014 as a VOC-layout dataset (lists, labels,
     image links, ground-truth PNGs)."""
@@ -64,7 +84,7 @@ class PrepareCOCOConfig:
     processes: int = bounded(0, 0, 1024)  # mask-writing processes; 0 = all cores
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluateConfig:
     """``affinitynet evaluate``: mIoU of a folder of palette PNG predictions."""
 
@@ -74,7 +94,7 @@ class EvaluateConfig:
     out: str = ""  # JSON path; default <pred>/../eval_<pred-folder>_<split>.json
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConvertWeightsConfig:
     """``affinitynet convert-weights IN OUT.pth``."""
 
@@ -82,45 +102,26 @@ class ConvertWeightsConfig:
     output: str = ""
 
 
-@dataclass
-class PredictConfig:
-    """``affinitynet predict``: a trained segmentation network on any images (as segment)."""
-
-    weights: str = ""  # a work folder or train-seg's final.pth
-    inputs: list[str] = field(default_factory=list)  # image files, folders, .txt lists of paths
-    out: str = ""
-    overlay: bool = False  # also <out>/overlay/<name>.jpg: the labels over the image
-    scales: tuple[float, ...] = bounded((1.0,), 1e-3, 100.0)
-    flip: bool = True
-    crf: bool = False
-    crf_iterations: int = bounded(10, 1, 1000)
-    long_side: int = bounded(-1, -1, 1 << 14)  # -1: the working size the network was trained at
-    batch_size: int = bounded(1, 1, 1024)  # images of one size per network pass
-    num_workers: int = bounded(2, 0, 256)
-    device: str = "auto"
-    exif_transpose: bool = False  # read images upright by their EXIF orientation (default: stored grid)
-
-
-@dataclass
+@dataclass(frozen=True)
 class ExportConfig:
     """``affinitynet export``: a trained segmentation network as ONNX or TorchScript."""
 
     weights: str = ""  # a work folder or train-seg's final.pth
     out: str = ""
-    format: str = "onnx"  # or "torchscript"
+    format: str = one_of("onnx", EXPORT_FORMATS)
 
 
 # --------------------------------------------------------------------------------------------
 # Pipeline stages (all share the dataset and work folder of a run)
 # --------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class DatasetConfig:
     root: str = ""  # a folder in VOC layout
     labels: str = ""  # optional JSON/CSV image -> class names (else Annotations/*.xml)
     train_split: str = "train_aug"  # paper: CAM and AffinityNet trained on VOC train_aug
     eval_split: str = "train"  # paper reports pseudo-label mIoU on VOC train
     val_split: str = "val"  # validation loss of the training stages (skipped when absent)
-    infer_splits: list[str] = field(default_factory=lambda: ["train_aug"])  # images that get CAMs / labels
+    infer_splits: tuple[str, ...] = ("train_aug",)  # images that get CAMs / labels
     # The size every stage sees an image at. 0: its native size (the paper; its pixel sizes are
     # for VOC's images, 500 px on the long side). N: the image resized to a long side of N px
     # first, so that the training crops and resize ranges (px) and the inference scales (x N)
@@ -132,14 +133,14 @@ class DatasetConfig:
     exif_transpose: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingConfig:
     """What the three training stages share: the network and its initial weights, SGD with the
     poly schedule, the augmentation and the loop. The defaults are AffinityNet's (PSA
     train_aff.py: crop 448 and flip, colour jitter, no rescale, fp32); the classifier and the
     segmentation network change some."""
 
-    backbone: str = ""  # "" = the classifier's (train_cam.backbone)
+    backbone: str = one_of("", ("", *BACKBONE_NAMES))  # "" = the classifier's (train_cam.backbone)
     weights: str = ""  # ImageNet weights: .params (ResNet-38), .caffemodel (VGG-16), .pth
     batch_size: int = bounded(8, 1, 1 << 16)
     epochs: int = bounded(8, 0, 1 << 16)
@@ -161,7 +162,7 @@ class TrainingConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainCamConfig(TrainingConfig):
     """Stage 1: the multi-label classifier (paper Sec. 3.1; PSA train_cls.py)."""
 
@@ -171,7 +172,7 @@ class TrainCamConfig(TrainingConfig):
     resize_long: tuple[int, int] | None = (256, 512)  # PSA train_cls.py: RandomResizeLong(256, 512)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MakeCamConfig:
     """Stage 2a: multi-scale + flip CAMs (PSA infer_cls.py)."""
 
@@ -185,7 +186,7 @@ class MakeCamConfig:
     channels_last: bool = True  # NHWC network and input (faster on CUDA and CPU)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AffLabelsConfig:
     """Stage 2b: dense-CRF confident regions (paper Sec. 3.2)."""
 
@@ -195,7 +196,7 @@ class AffLabelsConfig:
     processes: int = bounded(0, 0, 1024)  # 0 = all cores
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainAffConfig(TrainingConfig):
     """Stage 3: AffinityNet (paper Sec. 3.3; PSA train_aff.py)."""
 
@@ -205,7 +206,7 @@ class TrainAffConfig(TrainingConfig):
     radius: int = bounded(5, 2, 32)  # pairs within this radius on the stride-8 grid (radius 1 has none)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RandomWalkConfig:
     """Stage 4: random walk with the learned affinities (paper Sec. 3.4, Eq. 7-9)."""
 
@@ -213,18 +214,19 @@ class RandomWalkConfig:
     beta: float = bounded(8.0, 1e-6, 1e3)
     logt: int = bounded(8, 0, 20)  # t = 2^logt = 256
     radius: int = bounded(5, 2, 32)
-    method: str = "sparse"  # or "dense" (the original's, for checking)
+    method: str = one_of("sparse", WALK_METHODS)
+    num_workers: int = bounded(2, 0, 256)  # image decoding processes
     channels_last: bool = True  # NHWC AffinityNet and input (faster on CUDA and CPU)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSegConfig(TrainingConfig):
     """Stage 5a: the segmentation network on the pseudo labels (paper Sec. 5 trains DeepLab on
     them; the optimiser settings here are DeepLab's usual ones, which the paper does not list)."""
 
     # largefov (the backbone + DeepLab-LargeFOV head, the paper's), deeplabv2 (ResNet-101 + ASPP),
     # deeplabv3_resnet50 / deeplabv3_resnet101 (torchvision's); see affinitynet/models/segmentation.py
-    model: str = "largefov"
+    model: str = one_of("largefov", SEGMENTATION_MODEL_NAMES)
     aux_loss: bool = False  # deeplabv3_*: torchvision's auxiliary head on layer3 (loss weight 0.5)
     init_from_classifier: bool = True  # largefov: the classifier's backbone when no weights are given
     labels: str = ""  # label folder; default: the random walk's pseudo_labels/
@@ -234,7 +236,7 @@ class TrainSegConfig(TrainingConfig):
     resize_long: tuple[int, int] | None = (320, 640)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentConfig:
     """Stage 5b: segment a split with the trained network and evaluate it."""
 
@@ -247,7 +249,23 @@ class SegmentConfig:
     channels_last: bool = True  # NHWC network and input (faster on CUDA and CPU)
 
 
-@dataclass
+@dataclass(frozen=True)
+class PredictConfig:
+    """``affinitynet predict``: a trained segmentation network on any images, as segment uses
+    it (``segment``: scales, flip, CRF, loader workers)."""
+
+    weights: str = ""  # a work folder or train-seg's final.pth
+    inputs: tuple[str, ...] = ()  # image files, folders, .txt lists of paths
+    out: str = ""
+    overlay: bool = False  # also <out>/overlay/<name>.jpg: the labels over the image
+    long_side: int = bounded(-1, -1, 1 << 14)  # -1: the working size the network was trained at
+    batch_size: int = bounded(1, 1, 1024)  # images of one size per network pass
+    device: str = "auto"
+    exif_transpose: bool = False  # read images upright by their EXIF orientation (default: stored grid)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+
+@dataclass(frozen=True)
 class TuneConfig:
     """``affinitynet tune``: the settings searched on images with ground truth (not the paper's:
     a search around them)."""
@@ -263,7 +281,7 @@ class TuneConfig:
     logts: tuple[int, ...] = bounded((4, 5, 6, 7, 8), 0, 20)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """``affinitynet run``: the whole pipeline."""
 
@@ -278,6 +296,10 @@ class RunConfig:
     train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def backbone_of(self, section: TrainingConfig) -> str:
+        """The backbone of a training stage's network: its own, else the classifier's."""
+        return section.backbone or self.train_cam.backbone
 
 
 # Classifier recipes that differ from the paper's ResNet-38/VGG-16 one, by backbone: ResNet-50
@@ -309,66 +331,66 @@ RECIPES_BY_CHOICE: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("train_seg", "model"): SEGMENTATION_RECIPES,
 }
 
-# names of affinitynet.models.BACKBONES (kept here so that validation needs no torch import;
-# tests/test_models.py checks the two agree)
-BACKBONE_NAMES: tuple[str, ...] = ("resnet38", "vgg16", "resnet50", "tiny")
-# names of affinitynet.models.SEGMENTATION_MODELS, likewise
-SEGMENTATION_MODEL_NAMES: tuple[str, ...] = ("largefov", "deeplabv2", "deeplabv3_resnet50", "deeplabv3_resnet101")
 
 
 # --------------------------------------------------------------------------------------------
 # Validation, YAML, --set overrides
 # --------------------------------------------------------------------------------------------
-def _field_range(cls: type, name: str) -> tuple[float, float] | None:
-    """The range declared with field ``name`` of ``cls``; a subclass that only changes a default
-    keeps the range its base class declared."""
+def _field_metadata(cls: type, name: str, key: str) -> Any:
+    """The ``key`` ("range", "choices") declared with field ``name`` of ``cls``, or None; a
+    subclass that only changes a default keeps what its base class declared."""
     for klass in cls.__mro__:
         if dataclasses.is_dataclass(klass):
             for f in dataclasses.fields(klass):
-                if f.name == name and "range" in f.metadata:
-                    return f.metadata["range"]
+                if f.name == name and key in f.metadata:
+                    return f.metadata[key]
     return None
 
 
 def validate(cfg: Any, prefix: str = "") -> None:
-    """Declared field ranges and a few cross-field rules, recursively; raises ConfigError."""
+    """Declared field ranges and choices and a few cross-field rules, recursively; raises
+    ConfigError naming the key."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        full = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            validate(value, prefix=f"{full}.")
-            continue
-        bounds = _field_range(type(cfg), f.name)
-        if bounds is None or value is None:
-            continue
-        lo, hi = bounds
-        items = value if isinstance(value, (tuple, list)) else (value,)
-        if isinstance(value, (tuple, list)) and not value:
-            raise ConfigError(f"config key '{full}' is empty")
-        if any(not lo <= v <= hi for v in items):
-            raise ConfigError(f"config key '{full}' = {value} is out of range [{lo}, {hi}]")
-    if isinstance(cfg, TrainingConfig):
-        lo, hi = cfg.resize_long or (0, 0)
-        if lo > hi:
-            raise ConfigError(f"config key '{prefix}resize_long' = {cfg.resize_long}: need low <= high")
-        if cfg.backbone not in (*BACKBONE_NAMES, ""):
-            raise ConfigError(f"config key '{prefix}backbone' = {cfg.backbone!r}: choose one of "
-                              f"{', '.join(BACKBONE_NAMES)}")
+            validate(value, prefix=f"{prefix}{f.name}.")
+        else:
+            _check_field(type(cfg), f.name, value, f"{prefix}{f.name}")
+    _check_rules(cfg, prefix)
+
+
+def _check_field(cls: type, name: str, value: Any, full: str) -> None:
+    choices = _field_metadata(cls, name, "choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config key '{full}' = {value!r}: choose one of {', '.join(c for c in choices if c)}")
+    bounds = _field_metadata(cls, name, "range")
+    if bounds is None or value is None:
+        return
+    lo, hi = bounds
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if isinstance(value, (tuple, list)) and not value:
+        raise ConfigError(f"config key '{full}' is empty")
+    if any(not lo <= v <= hi for v in items):
+        raise ConfigError(f"config key '{full}' = {value} is out of range [{lo}, {hi}]")
+
+
+def _check_rules(cfg: Any, prefix: str) -> None:
+    """The rules that involve more than one field."""
+    if isinstance(cfg, TrainingConfig) and cfg.resize_long and cfg.resize_long[0] > cfg.resize_long[1]:
+        raise ConfigError(f"config key '{prefix}resize_long' = {cfg.resize_long}: need low <= high")
     if isinstance(cfg, TrainCamConfig) and not cfg.backbone:
         raise ConfigError(f"config key '{prefix}backbone' is empty: choose one of {', '.join(BACKBONE_NAMES)}")
-    if isinstance(cfg, TrainAffConfig) and cfg.crop % 8:
-        # the confident labels are averaged over the crop's 8x8 blocks (the stride-8 grid)
-        raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} must be a multiple of 8")
-    if isinstance(cfg, TrainAffConfig) and cfg.crop < 8 * (2 * cfg.radius - 1):
-        # the crop's stride-8 grid must hold one pair of every offset (width 2*radius-1 cells)
-        raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
-                          f"need at least {8 * (2 * cfg.radius - 1)}")
-    if isinstance(cfg, TrainSegConfig) and cfg.model not in SEGMENTATION_MODEL_NAMES:
-        raise ConfigError(f"config key '{prefix}model' = {cfg.model!r}: choose one of {', '.join(SEGMENTATION_MODEL_NAMES)}")
+    if isinstance(cfg, TrainAffConfig):
+        # the confident labels are averaged over the crop's 8x8 blocks (the stride-8 grid), and
+        # that grid must hold one pair of every offset
+        least = -(-max(min_image_size(cfg.radius)) // 8) * 8
+        if cfg.crop % 8:
+            raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} must be a multiple of 8")
+        if cfg.crop < least:
+            raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
+                              f"need at least {least}")
     if isinstance(cfg, TrainSegConfig) and cfg.aux_loss and not cfg.model.startswith("deeplabv3"):
         raise ConfigError(f"config key '{prefix}aux_loss': only the deeplabv3_* models have an auxiliary head")
-    if isinstance(cfg, RandomWalkConfig) and cfg.method not in ("sparse", "dense"):
-        raise ConfigError(f"config key '{prefix}method' = {cfg.method!r}: expected 'sparse' or 'dense'")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -428,9 +450,10 @@ def _number(value: Any, tp: type) -> int | float | None:
 
 
 def apply_overrides(cfg: Any, data: dict[str, Any], prefix: str = "") -> Any:
-    """Set the fields of dataclass ``cfg`` from nested ``data``; unknown keys are errors."""
+    """A copy of dataclass ``cfg`` with the fields of nested ``data`` set; unknown keys are errors."""
     hints = typing.get_type_hints(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
@@ -439,10 +462,10 @@ def apply_overrides(cfg: Any, data: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}': expected a mapping, got {value!r}")
-            apply_overrides(current, value, prefix=f"{full}.")
+            changes[key] = apply_overrides(current, value, prefix=f"{full}.")
         else:
-            setattr(cfg, key, _coerce(value, hints[key], full))
-    return cfg
+            changes[key] = _coerce(value, hints[key], full)
+    return dataclasses.replace(cfg, **changes)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -503,9 +526,9 @@ def load_config(cls: type, path: str | Path | list[str | Path] | None = None, se
                 if isinstance(section, dict) and key in section:
                     chosen = section[key]
             if chosen in recipes:
-                apply_overrides(cfg, recipes[chosen])
+                cfg = apply_overrides(cfg, recipes[chosen])
     for layer in layers:
-        apply_overrides(cfg, layer)
+        cfg = apply_overrides(cfg, layer)
     validate(cfg)
     return cfg
 

@@ -127,45 +127,92 @@ def walk_growth(pseudo_dir: Path, cam_pred_dir: Path, names: Sequence[str], clas
 
 
 # -- warnings ------------------------------------------------------------------------------------
+# Each warning names its likely causes and a setting to try. They are written here, together, so
+# that one refers to another only when that one fires (the predicates below decide both).
+THRESHOLD_GAP = 3.0  # mIoU the best CAM background threshold gains over the one used: worth tuning
+
+
+def cams_do_not_localise(cam_diag: dict[str, Any] | None) -> bool:
+    """The CAM coverage warning fires."""
+    if not cam_diag:
+        return False
+    return cam_diag["coverage"]["mean"] > CAM_COVERAGE_HIGH or cam_diag["images_mostly_covered"] > MOSTLY_COVERED_IMAGES
+
+
+def background_nearly_absent(confident_diag: dict[str, Any] | None) -> bool:
+    """The confident-background warning fires."""
+    if not confident_diag:
+        return False
+    return (confident_diag["background"]["mean"] < BACKGROUND_LOW
+            or confident_diag["images_without_background"] > NO_BACKGROUND_IMAGES)
+
+
+def sweep_summary(scores: dict[str, Any]) -> dict[str, Any] | None:
+    """The background-threshold sweep's best threshold and the mIoU at it and at the one used,
+    from make-cam's scores (None without a sweep)."""
+    if scores.get("best_threshold") is None:
+        return None
+    return {"best_threshold": scores["best_threshold"], "best_miou": scores["best_miou"],
+            "miou_at_bg_score": scores.get("miou", scores["best_miou"])}
+
+
+def threshold_gap(sweep: dict[str, Any] | None) -> float:
+    """mIoU the sweep's best background threshold gains over the one used (0 without a sweep)."""
+    return sweep["best_miou"] - sweep["miou_at_bg_score"] if sweep else 0.0
+
+
 def cam_warnings(diag: dict[str, Any], scale_hint: str, sweep: dict[str, Any] | None, bg_score: float) -> list[str]:
-    """The scale warning (images far from the size the classifier trained at) and the CAM
-    coverage warning, with the likely causes and the settings to try."""
+    """The scale warning (images far from the size the classifier was trained at), the
+    background-threshold warning (the best threshold of the sweep gains THRESHOLD_GAP mIoU or
+    more) and the CAM coverage warning, with their likely causes and the settings to try."""
     warnings = [f"{scale_hint} (inference now sees objects at another scale than training did)"] if scale_hint else []
-    mean, mostly = diag["coverage"]["mean"], diag["images_mostly_covered"]
-    if not (mean > CAM_COVERAGE_HIGH or mostly > MOSTLY_COVERED_IMAGES):
+    gap = threshold_gap(sweep)
+    if gap >= THRESHOLD_GAP:
+        warnings.append(f"the best CAM background threshold on the evaluation split is {sweep['best_threshold']:.2f} "
+                        f"({sweep['best_miou']:.1f} mIoU) against the {bg_score:.2f} used "
+                        f"({sweep['miou_at_bg_score']:.1f}): run `affinitynet tune` (it chooses the threshold, the "
+                        f"CRF alphas and the walk's settings on half of the images and checks them on the other "
+                        f"half), or set make_cam.bg_score={sweep['best_threshold']:.2f}")
+    if not cams_do_not_localise(diag):
         return warnings
-    causes = []
-    if scale_hint:
-        causes.append(scale_hint)
-    if sweep and sweep.get("best_threshold") is not None and sweep["best_threshold"] > bg_score:
-        gain = sweep["best_miou"] - sweep.get("miou_at_bg_score", sweep["best_miou"])
-        causes.append(f"the background score is too low: the best threshold on the evaluation split is "
-                      f"{sweep['best_threshold']:.2f} (+{gain:.1f} mIoU): set make_cam.bg_score={sweep['best_threshold']:.2f}")
+    causes = [scale_hint] if scale_hint else []
+    if gap >= THRESHOLD_GAP:
+        causes.append("too low a background score (see the background-threshold warning)")
     elif not sweep:
-        causes.append("the background score may be too low: try make_cam.bg_score=0.4 (or run `affinitynet tune`)")
+        causes.append("too low a background score: try make_cam.bg_score=0.4, or run `affinitynet tune` on a split "
+                      "with ground truth")
+    causes = causes or ["a classifier that has not learnt the classes yet: train it longer (train_cam.epochs)"]
+    mean, mostly = diag["coverage"]["mean"], diag["images_mostly_covered"]
     return warnings + [f"CAMs cover most of the image (mean coverage {mean:.0f} %, {mostly:.0f} % of images over "
-                       f"{MOSTLY:.0f} %): they do not localise the objects. Likely cause: " + "; or ".join(causes or
-                       ["a classifier that has not learnt the classes yet: train it longer (train_cam.epochs)"])]
+                       f"{MOSTLY:.0f} %): they do not localise the objects. Likely cause: " + "; or ".join(causes)]
 
 
-def confident_warnings(diag: dict[str, Any]) -> list[str]:
-    mean, none = diag["background"]["mean"], diag["images_without_background"]
-    if not (mean < BACKGROUND_LOW or none > NO_BACKGROUND_IMAGES):
+def confident_warnings(diag: dict[str, Any], cam_diag: dict[str, Any] | None = None) -> list[str]:
+    """The confident-background warning; it names the CAM coverage as a cause only when the
+    CAM coverage warning fires (``cam_diag``: make-cam's diagnostics)."""
+    if not background_nearly_absent(diag):
         return []
+    mean, none = diag["background"]["mean"], diag["images_without_background"]
+    causes = ["too weak a background for the CRF: try a lower aff_labels.high_alpha (e.g. 16)"]
+    if cams_do_not_localise(cam_diag):
+        causes.insert(0, "CAMs that cover the image (see the CAM coverage warning)")
     return [f"confident background is nearly absent ({mean:.1f} % of the pixels; {none:.0f} % of images have "
-            f"less than {NO_BACKGROUND:.0f} %): AffinityNet will learn few object boundaries. Likely cause: CAMs "
-            "that cover the image (see the CAM warning) or too weak a background for the CRF: try a lower "
-            "aff_labels.high_alpha (e.g. 16) and check make_cam.bg_score"]
+            f"less than {NO_BACKGROUND:.0f} %): AffinityNet will learn few object boundaries. Likely cause: "
+            + "; or ".join(causes)]
 
 
-def walk_warnings(diag: dict[str, Any]) -> list[str]:
+def walk_warnings(diag: dict[str, Any], confident_diag: dict[str, Any] | None = None) -> list[str]:
+    """The flooding warning; it names the confident background as a cause only when the
+    confident-background warning fires (``confident_diag``: make-aff-labels' diagnostics)."""
     flooded = diag["images_flooded"]
     if flooded <= FLOODED_IMAGES:
         return []
+    causes = ["too weak a background or too long a walk for the image size: try a larger random_walk.alpha "
+              "(e.g. 24) or a smaller random_walk.logt (e.g. 6), or run `affinitynet tune`"]
+    if background_nearly_absent(confident_diag):
+        causes.append("affinities trained without confident background (see the confident-background warning)")
     return [f"the random walk grows a class over most of the image in {flooded:.0f} % of images: the affinities do "
-            "not stop it at the object boundaries. Likely cause: too weak a background or too long a walk for the "
-            "image size: try a larger random_walk.alpha (e.g. 24) or a smaller random_walk.logt (e.g. 6), or "
-            "fix the confident background (see above)"]
+            "not stop it at the object boundaries. Likely cause: " + "; or ".join(causes)]
 
 
 def scale_hint(long_side: int, profile: dict[str, Any], resize_long: tuple[int, int] | None) -> str:

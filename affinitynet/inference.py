@@ -1,15 +1,22 @@
-"""One image through the trained networks, as the stages do it: CAMs (make-cam), a random-walk
-pseudo label (random-walk), a segmentation (segment). The stages call these per image; the
-Python API (``affinitynet.api``) and ``affinitynet predict`` call the same functions, so a
-label from any of them is the label the stage writes.
+"""Trained networks and one image through them, as the stages do it.
 
-Each function takes the image at its native size and the working size ``long_side``
-(``dataset.long_side``: 0 = native) and returns arrays at the native size.
+Networks: loading a stage's weights (``load_trained``) or a backbone's (``load_backbone_weights``),
+and ``Prepared``, a network ready for inference (eval mode, device, memory format, its input
+normalisation).
+
+Per-image steps, each the one place where the stage's logic for one image lives; the stages,
+``affinitynet tune``, the Python API (``affinitynet.api``) and ``affinitynet predict`` call them:
+CAMs (make-cam), the CRF scores and confident labels (make-aff-labels), the random walk's input
+and pseudo label (random-walk), the segmentation (``Segmenter``: segment, predict). Each takes
+the image as a ``WorkImage`` (native size and working size, ``dataset.long_side``) and returns
+what the stage writes, at the native size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,45 +26,181 @@ from PIL import Image
 
 from affinitynet import artifacts
 from affinitynet.algorithms.cam import multiscale_cam
-from affinitynet.algorithms.crf import dense_crf
+from affinitynet.algorithms.crf import confident_labels, crf_with_background, dense_crf
 from affinitynet.algorithms.random_walk import propagate_cams
-from affinitynet.algorithms.resize import resize_label, resize_maps
+from affinitynet.algorithms.resize import WorkImage
 from affinitynet.algorithms.segmentation import multiscale_probabilities, probabilities_to_label
-from affinitynet.common import (backbone_of, image_affinity, image_to, inference_net, load_trained, open_dataset,
-                                torch_threads, working_image, working_scale)
-from affinitynet.config import MakeCamConfig, RandomWalkConfig, RunConfig, SegmentConfig, load_config
+from affinitynet.config import AffLabelsConfig, MakeCamConfig, RandomWalkConfig, RunConfig, SegmentConfig, load_config
+from affinitynet.conventions import STRIDE
 from affinitynet.data.images import to_rgb
 from affinitynet.data.transforms import normalize
+from affinitynet.data.voc import open_dataset
 from affinitynet.errors import InputError
-from affinitynet.models import build_affinity_net, build_classifier, build_segmentation_model, main_scores
+from affinitynet.models import (build_affinity_net, build_classifier, build_segmentation_model, input_to,
+                                load_backbone_state_dict, load_state_dict_strict, main_scores)
+from affinitynet.weights import load_weights
 
 
-def cams_of_image(cam_fn: Callable[[torch.Tensor], torch.Tensor], normalization: str, image: np.ndarray,
-                  label: np.ndarray, settings: MakeCamConfig, long_side: int, batch_flip: bool,
-                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+# -- networks ----------------------------------------------------------------------------------
+def load_backbone_weights(net: torch.nn.Module, path: str | Path) -> list[str]:
+    """Initialise the backbone of ``net`` from a weights file (ImageNet .params / .caffemodel /
+    .pth, or a trained sibling network); heads keep their fresh initialisation. Returns the
+    file's keys that were not used."""
+    try:
+        return load_backbone_state_dict(net, load_weights(path))
+    except InputError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise InputError(f"{path}: {exc}") from None
+
+
+def load_trained(net: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
+    """Load a stage's final weights strictly; a checkpoint for another network is named."""
+    if not path.exists():
+        raise InputError(f"{path}: {what} weights do not exist (run the training stage first)")
+    state = artifacts.load_checkpoint(path)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a state dict (name -> tensor) of {what} weights")
+    try:
+        load_state_dict_strict(net, state)
+    except InputError as exc:  # name the file: "checkpoint does not fit ..." alone does not
+        raise InputError(f"{path}: {exc} (trained with another backbone or dataset?)") from None
+    return net
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A network ready for inference: in eval mode on ``device``, NHWC with ``channels_last``,
+    bf16 autocast on CUDA with ``amp``. ``normalization`` is how its input is normalised."""
+
+    net: torch.nn.Module
+    device: torch.device
+    channels_last: bool = False
+    amp: bool = False
+
+    @property
+    def normalization(self) -> str:
+        return self.net.normalization
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (3, H, W) float32, as the network expects."""
+        return normalize(image, self.normalization)
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """A (B, 3, H, W) batch on the network's device and in its memory format."""
+        return input_to(x, self.device, self.channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and self.device.type == "cuda")
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) -> CAMs (B, C, ceil(h/8), ceil(w/8)) float32 >= 0."""
+        with self.autocast():
+            return self.net.cam(self.input(x)).float()
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """A segmentation network's main scores (B, K + 1, h', w')."""
+        with self.autocast():
+            return main_scores(self.net(self.input(x)))
+
+
+def prepare(net: torch.nn.Module, device: torch.device, channels_last: bool = False, amp: bool = False) -> Prepared:
+    """``net`` in eval mode on ``device`` (NHWC with ``channels_last``), ready for inference."""
+    net.eval().to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    return Prepared(net, device, channels_last, amp)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count inside the block (process-wide, so restored afterwards)."""
+    saved = torch.get_num_threads()
+    if count != saved:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
+
+
+# -- make-cam ----------------------------------------------------------------------------------
+def batch_flip_on(device: torch.device) -> bool:
+    """Whether an image and its flip go through the classifier as one batch of 2: on CUDA
+    (fewer, fuller kernels); on the CPU two passes of 1 measured ~10 % faster
+    (benchmarks/bench_cam_inference.py)."""
+    return device.type == "cuda"
+
+
+def cams_of_image(classifier: Prepared, image: WorkImage, label: np.ndarray,
+                  settings: MakeCamConfig) -> tuple[np.ndarray, np.ndarray]:
     """make-cam's CAMs of one image: ``settings.scales`` of its working size, with flips ->
-    (keys (k,), maps (k, H, W) in [0, 1]) for the classes of the 0/1 ``label``."""
-    factor = working_scale(long_side, image.shape[:2])
-    return multiscale_cam(cam_fn, image, label, lambda im: normalize(im, normalization),
-                          scales=[s * factor for s in settings.scales], flip=settings.flip,
-                          batch_flip=batch_flip, device=device)
+    (keys (k,), maps (k, H, W) in [0, 1] at the native size) for the classes of the 0/1 ``label``."""
+    return multiscale_cam(classifier.cam, image.native, label, classifier.normalize,
+                          scales=[s * image.factor for s in settings.scales], flip=settings.flip,
+                          batch_flip=batch_flip_on(classifier.device), device=classifier.device)
 
 
-def pseudo_label_of_image(affinity_net: torch.nn.Module, image: np.ndarray, keys: np.ndarray, maps: np.ndarray,
-                          settings: RandomWalkConfig, long_side: int, num_classes: int, device: torch.device,
-                          channels_last: bool = False) -> np.ndarray:
-    """random-walk's pseudo label of one image: AffinityNet and the walk at the working size,
-    the label back at the native size: (H, W) uint8."""
-    work = working_image(image, long_side)
-    aff = image_affinity(affinity_net, work, settings.radius, device, channels_last)
+# -- make-aff-labels ---------------------------------------------------------------------------
+def crf_score(image: WorkImage, maps: np.ndarray, alpha: float, iterations: int) -> np.ndarray:
+    """The dense-CRF scores of one image for one background power ``alpha`` (paper Sec. 3.2),
+    at the working size (the CRF's kernels are in pixels): (k+1, h, w) float32, background first.
+    ``maps`` (k, H, W) the image's CAMs at the native size."""
+    return crf_with_background(image.image, image.maps(maps), alpha, iterations)
+
+
+def crf_scores(image: WorkImage, maps: np.ndarray, settings: AffLabelsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``crf_score`` for the low and the high alpha: (low, high), what make-aff-labels keeps."""
+    return (crf_score(image, maps, settings.low_alpha, settings.crf_iterations),
+            crf_score(image, maps, settings.high_alpha, settings.crf_iterations))
+
+
+def confident_label_map(image: WorkImage, keys: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The confident labels of one image at the native size (paper Sec. 3.2): (H, W) uint8, 0
+    background, class index + 1 foreground, 255 unsure. Objects are trusted where the CRF with
+    the *low* alpha (strong background score) still finds them, background where the CRF with
+    the *high* alpha (weak background score) still finds it."""
+    return image.label_to_native(confident_labels(low, high, keys=keys))
+
+
+# -- random-walk -------------------------------------------------------------------------------
+@torch.inference_mode()
+def image_affinity(affinity_net: Prepared, image: np.ndarray, radius: int) -> torch.Tensor:
+    """(n_offsets, n_from) affinities of an (H, W, 3) uint8 image on its padded stride-8 grid."""
+    x = affinity_net.normalize(image)[None]
+    height, width = image.shape[:2]
+    x = torch.nn.functional.pad(x, (0, -width % STRIDE, 0, -height % STRIDE))  # zero padding, as the original
+    return affinity_net.net.affinity(affinity_net.input(x), radius).float()[0]
+
+
+@dataclass(frozen=True)
+class WalkInput:
+    """What the random walk of one image starts from, at the working size: the CAMs and the
+    AffinityNet's pair affinities."""
+
+    maps: np.ndarray  # (k, h, w)
+    affinity: torch.Tensor  # (n_offsets, n_from), on the network's device
+
+
+def walk_input(affinity_net: Prepared, image: WorkImage, maps: np.ndarray, radius: int) -> WalkInput:
+    """The CAMs ``maps`` (k, H, W, native size) and the affinities of the image, at the working size."""
+    return WalkInput(image.maps(maps), image_affinity(affinity_net, image.image, radius))
+
+
+def pseudo_label(image: WorkImage, keys: np.ndarray, start: WalkInput, settings: RandomWalkConfig) -> np.ndarray:
+    """random-walk's pseudo label of one image (paper Sec. 3.4), at the native size: (H, W) uint8."""
     # 256 short sparse products: one thread (on the CPU), as the cores serve the loader workers too
-    with torch_threads(1 if device.type == "cpu" else torch.get_num_threads()):
-        label, _ = propagate_cams(keys, resize_maps(maps, work.shape[:2]), aff, work.shape[:2], alpha=settings.alpha,
+    with torch_threads(1 if start.affinity.device.type == "cpu" else torch.get_num_threads()):
+        label, _ = propagate_cams(keys, start.maps, start.affinity, image.size, alpha=settings.alpha,
                                   beta=settings.beta, logt=settings.logt, radius=settings.radius,
-                                  num_classes=num_classes, method=settings.method)
-    return resize_label(label, image.shape[:2])
+                                  method=settings.method)
+    return image.label_to_native(label)
 
 
+# -- segment -----------------------------------------------------------------------------------
 class Segmenter:
     """A trained segmentation network and how segment uses it: mean softmax over ``scales`` (of
     the working size ``long_side``) and flips, optionally a dense CRF, argmax.
@@ -65,22 +208,22 @@ class Segmenter:
     ``classes`` are the object classes (label c + 1 is ``classes[c]``, 0 is background).
     """
 
-    def __init__(self, net: torch.nn.Module, classes: Sequence[str], normalization: str, device: torch.device,
-                 settings: SegmentConfig, long_side: int = 0, channels_last: bool = False) -> None:
-        self.net = inference_net(net, device, channels_last)
-        self.classes, self.normalization, self.device = list(classes), normalization, device
-        self.settings, self.long_side, self.channels_last = settings, long_side, channels_last
+    def __init__(self, net: Prepared, classes: Sequence[str], settings: SegmentConfig, long_side: int = 0) -> None:
+        self.net, self.classes, self.settings, self.long_side = net, list(classes), settings, long_side
+
+    @property
+    def normalization(self) -> str:
+        return self.net.normalization
 
     def probabilities(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """An image ((H, W, 3) uint8 RGB, any numpy image or PIL image), or a list of images of
         one size -> (classes + 1, H, W) float32 probabilities (CRF-refined with
         ``settings.crf``), background first; (N, classes + 1, H, W) for a list."""
         images = [to_rgb(im) for im in image] if isinstance(image, (list, tuple)) else [to_rgb(image)]
-        factor = working_scale(self.long_side, images[0].shape[:2])
-        probs = multiscale_probabilities(
-            lambda x: main_scores(self.net(image_to(x, self.device, self.channels_last))), np.stack(images),
-            lambda im: normalize(im, self.normalization), scales=[s * factor for s in self.settings.scales],
-            flip=self.settings.flip, device=self.device).cpu()
+        factor = WorkImage(images[0], self.long_side).factor
+        probs = multiscale_probabilities(self.net.scores, np.stack(images), self.net.normalize,
+                                         scales=[s * factor for s in self.settings.scales], flip=self.settings.flip,
+                                         device=self.net.device).cpu()
         if self.settings.crf:
             probs = torch.stack([torch.from_numpy(dense_crf(im, p.numpy(), self.settings.crf_iterations))
                                  for im, p in zip(images, probs)])
@@ -95,48 +238,43 @@ class Segmenter:
         return probabilities_to_label(probs)
 
 
+def segmentation_meta(cfg: RunConfig, normalization: str, classes: Sequence[str]) -> dict[str, Any]:
+    """What train-seg's weights file carries so that the network can be used without the run's
+    config (``affinitynet predict``, ``affinitynet.api``): how to build it, its classes, its
+    input normalisation and the working size it was trained for."""
+    ts = cfg.train_seg
+    return {"format": 1, "model": ts.model, "backbone": cfg.backbone_of(ts), "aux_loss": ts.aux_loss,
+            "num_classes": len(classes), "classes": list(classes), "normalization": normalization,
+            "long_side": cfg.dataset.long_side}
+
+
+# -- a run's networks, loaded from its work folder ---------------------------------------------
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu", settings: SegmentConfig | None = None,
                    long_side: int | None = None) -> Segmenter:
     """The segmentation network in ``path``: a work folder (its ``segmentation/final.pth``) or a
-    ``final.pth`` written by train-seg, which names its network, classes and input (``meta``).
-    ``settings`` default to the run's ``segment`` section when ``path`` is a work folder, else
-    to SegmentConfig(); ``long_side`` to the one the network was trained with."""
+    ``final.pth`` written by train-seg, which names its network, classes, input and working
+    size (``meta``). ``settings`` default to the run's ``segment`` section when ``path`` is a
+    work folder, else to SegmentConfig(); ``long_side`` to the one the network was trained with."""
     path = Path(path)
     weights = artifacts.WorkDir(path).segmentation.final if path.is_dir() else path
     if not weights.exists():
         raise InputError(f"{weights}: segmentation network weights do not exist (run train-seg first)")
     state = artifacts.load_checkpoint(weights)
     meta = state.get("meta") if isinstance(state, dict) else None
-    cfg = _run_config(path if path.is_dir() else weights.parent.parent)
-    if meta is None:  # a file from before the networks carried their meta: the run's config says it
-        if cfg is None:
-            raise InputError(f"{weights}: does not say which network it holds (no meta) and no config.yaml "
-                             "is beside it; give the work folder of the run that trained it")
-        net = build_segmentation_model(cfg.train_seg.model, backbone_of(cfg, cfg.train_seg), 1)
-        meta = segmentation_meta(cfg, net.normalization, open_dataset(cfg).classes)
+    if not isinstance(meta, dict):
+        raise InputError(f"{weights}: not a network written by train-seg (it does not say which network it holds)")
     net = build_segmentation_model(meta["model"], meta["backbone"], int(meta["num_classes"]), bool(meta["aux_loss"]))
     load_trained(net, weights, "segmentation network")
+    cfg = run_config(path) if path.is_dir() else None
     settings = settings or (cfg.segment if cfg is not None else SegmentConfig())
-    if long_side is None:
-        long_side = int(meta.get("long_side", cfg.dataset.long_side if cfg is not None else 0))
-    return Segmenter(net, meta["classes"], meta["normalization"], torch.device(device), settings, long_side,
-                     settings.channels_last)
+    long_side = int(meta["long_side"]) if long_side is None else long_side
+    return Segmenter(prepare(net, torch.device(device), settings.channels_last), meta["classes"], settings, long_side)
 
 
-def _run_config(workdir: Path) -> RunConfig | None:
-    """The config a work folder's run wrote, or None."""
+def run_config(workdir: str | Path) -> RunConfig | None:
+    """The config a work folder's run wrote, with ``workdir`` as its work folder, or None."""
     path = artifacts.WorkDir(workdir).config
-    return load_config(RunConfig, path) if path.is_file() else None
-
-
-def segmentation_meta(cfg: RunConfig, normalization: str, classes: Sequence[str]) -> dict[str, Any]:
-    """What train-seg's weights file carries so that the network can be used without the run's
-    config (``affinitynet predict``, ``affinitynet.api``): how to build it, its classes, its
-    input normalisation and the working size it was trained for."""
-    ts = cfg.train_seg
-    return {"format": 1, "model": ts.model, "backbone": backbone_of(cfg, ts), "aux_loss": ts.aux_loss,
-            "num_classes": len(classes), "classes": list(classes), "normalization": normalization,
-            "long_side": cfg.dataset.long_side}
+    return load_config(RunConfig, path, values={"workdir": str(workdir)}) if path.is_file() else None
 
 
 class PseudoLabeler:
@@ -146,13 +284,11 @@ class PseudoLabeler:
 
     def __init__(self, cfg: RunConfig, classes: Sequence[str], device: torch.device) -> None:
         wd = artifacts.WorkDir(cfg.workdir)
-        self.cfg, self.classes, self.device = cfg, list(classes), device
-        self.classifier = load_trained(build_classifier(cfg.train_cam.backbone, len(classes)), wd.classifier.final,
-                                       "classifier")
-        self.affinity_net = load_trained(build_affinity_net(backbone_of(cfg, cfg.train_aff)), wd.affinity.final,
-                                         "AffinityNet")
-        inference_net(self.classifier, device, channels_last=False)
-        inference_net(self.affinity_net, device, channels_last=False)
+        self.cfg, self.classes = cfg, list(classes)
+        self.classifier = prepare(load_trained(build_classifier(cfg.train_cam.backbone, len(classes)),
+                                               wd.classifier.final, "classifier"), device)
+        self.affinity_net = prepare(load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)),
+                                                 wd.affinity.final, "AffinityNet"), device)
 
     def label_vector(self, class_names: Sequence[str]) -> np.ndarray:
         """(C,) 0/1 vector of ``class_names``; an unknown name is a ValueError listing the known."""
@@ -165,24 +301,20 @@ class PseudoLabeler:
 
     def cams(self, image: np.ndarray | Image.Image, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """make-cam's CAMs: (keys (k,) class indices, maps (k, H, W) in [0, 1])."""
-        def cam_fn(x: torch.Tensor) -> torch.Tensor:
-            return self.classifier.cam(x.to(self.device)).float()
-
-        return cams_of_image(cam_fn, self.classifier.normalization, to_rgb(image), self.label_vector(class_names),
-                             self.cfg.make_cam, self.cfg.dataset.long_side, batch_flip=True, device=self.device)
+        work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
+        return cams_of_image(self.classifier, work, self.label_vector(class_names), self.cfg.make_cam)
 
     def pseudo_label(self, image: np.ndarray | Image.Image, class_names: Sequence[str]) -> np.ndarray:
         """random-walk's pseudo label: (H, W) uint8, 0 background, c + 1 class c."""
-        image = to_rgb(image)
-        keys, maps = self.cams(image, class_names)
-        return pseudo_label_of_image(self.affinity_net, image, keys, maps, self.cfg.random_walk,
-                                     self.cfg.dataset.long_side, len(self.classes), self.device)
+        work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
+        keys, maps = cams_of_image(self.classifier, work, self.label_vector(class_names), self.cfg.make_cam)
+        start = walk_input(self.affinity_net, work, maps, self.cfg.random_walk.radius)
+        return pseudo_label(work, keys, start, self.cfg.random_walk)
 
 
 def load_pseudo_labeler(workdir: str | Path, device: str | torch.device = "cpu") -> PseudoLabeler:
     """The classifier and AffinityNet a run trained, with the settings of its config.yaml."""
-    cfg = _run_config(Path(workdir))
+    cfg = run_config(workdir)
     if cfg is None:
         raise InputError(f"{artifacts.WorkDir(workdir).config}: not a work folder of `affinitynet run` (no config.yaml)")
-    cfg.workdir = str(workdir)
-    return PseudoLabeler(cfg, open_dataset(cfg).classes, torch.device(device))
+    return PseudoLabeler(cfg, open_dataset(cfg.dataset).classes, torch.device(device))

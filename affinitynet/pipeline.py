@@ -1,10 +1,10 @@
-"""The stage table and the whole pipeline: orders the stages, skips finished ones, writes
-``metrics.json``.
+"""The whole pipeline: orders the stages, skips finished ones, writes ``metrics.json``.
 
-``STAGES`` declares every pipeline stage once (command, module, whether it trains, its output);
-the command line and ``run`` both read it. To add a stage: write ``stages/<name>.py`` with
-``run(cfg)`` (``run(cfg, resume)`` if it trains), its config section in ``config.py``, its
-output path in ``artifacts.WorkDir``, and one row here.
+``STAGES`` pairs each row of the stage table (``stage_table.STAGE_TABLE``: names, titles,
+folders) with the module that runs it; the command line and ``run`` both read it. To add a
+stage: write ``stages/<name>.py`` with ``run(cfg)`` (``run(cfg, resume)`` if it trains), its
+config section in ``config.py``, its output path in ``artifacts.WorkDir``, one row in the stage
+table and its module here.
 
 ``run(cfg)`` is ``affinitynet run``; ``demo()`` is ``affinitynet demo``: the synthetic dataset
 and the recipe ``configs/demo.yaml``, then a table CAM vs random walk vs the segmentation
@@ -13,9 +13,7 @@ network trained on the random walk's labels.
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -23,47 +21,32 @@ from typing import Any
 
 from affinitynet import artifacts, config as C, distributed
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import dataset_profile, infer_names, open_dataset
-from affinitynet.data.voc import VOCDataset
+from affinitynet.console import print_run_warnings
+from affinitynet.data.voc import VOCDataset, inference_names, open_dataset, size_profile
 from affinitynet.evaluation import evaluate_folder
+from affinitynet.stage_table import NOT_METRICS, STAGE_BY_NAME, STAGE_TABLE, StageInfo
 from affinitynet.stages import (make_aff_labels, make_cam, predict, random_walk, segment, synth, train_aff,
                                 train_cam, train_seg)
+
+_MODULES: dict[str, ModuleType] = {"train_cam": train_cam, "make_cam": make_cam, "aff_labels": make_aff_labels,
+                                   "train_aff": train_aff, "random_walk": random_walk, "train_seg": train_seg,
+                                   "segment": segment}
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline."""
+    """A row of the stage table and the module that runs it (``run(cfg) -> dict``, or
+    ``run(cfg, resume) -> dict`` when it trains)."""
 
-    name: str  # key of its timing (and, for evaluating stages, of ``metrics_key``) in metrics.json
-    command: str  # the CLI command
-    module: ModuleType  # has run(cfg) -> dict, or run(cfg, resume) -> dict when it trains
-    help: str
-    trains: bool
-    output: Callable[[WorkDir], Path]  # a training stage is done once this file exists
-    metrics_key: str | None = None  # its evaluation in metrics.json
+    info: StageInfo
+    module: ModuleType
 
     def run(self, cfg: C.RunConfig, resume: bool = False) -> dict[str, Any]:
-        return self.module.run(cfg, resume=resume) if self.trains else self.module.run(cfg)
+        return self.module.run(cfg, resume=resume) if self.info.trains else self.module.run(cfg)
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage("train_cam", "train-cam", train_cam, "stage 1: train the multi-label classifier", True,
-          lambda wd: wd.classifier.final),
-    Stage("make_cam", "make-cam", make_cam, "stage 2a: multi-scale CAMs (+ CAM prediction and evaluation)",
-          False, lambda wd: wd.cam, "cam"),
-    Stage("aff_labels", "make-aff-labels", make_aff_labels, "stage 2b: dense-CRF confident labels for AffinityNet",
-          False, lambda wd: wd.aff_labels, "aff_labels"),
-    Stage("train_aff", "train-aff", train_aff, "stage 3: train AffinityNet", True, lambda wd: wd.affinity.final),
-    Stage("random_walk", "random-walk", random_walk, "stage 4: random walk -> pseudo labels (+ evaluation)",
-          False, lambda wd: wd.pseudo_labels, "rw"),
-    Stage("train_seg", "train-seg", train_seg, "stage 5a: train the segmentation network on the pseudo labels",
-          True, lambda wd: wd.segmentation.final),
-    Stage("segment", "segment", segment, "stage 5b: segment a split with it (+ evaluation)", False,
-          lambda wd: wd.seg_pred, "seg"),
-)
+STAGES: tuple[Stage, ...] = tuple(Stage(info, _MODULES[info.name]) for info in STAGE_TABLE)
 
-# what a stage's result holds beyond its scores (kept out of metrics.json)
-_NOT_METRICS = ("confusion", "class_names", "images", "seconds", "history", "final", "steps")
 
 DEMO_DATA = {"train": 200, "val": 50, "seed": 0, "family": "shapes"}
 
@@ -81,29 +64,27 @@ def run(cfg: C.RunConfig) -> dict[str, Any]:
     times: dict[str, float] = {}
     for stage in STAGES:
         t0 = time.time()
-        if stage.trains and stage.output(wd).exists():
+        final = wd.training(stage.info.name).final if stage.info.trains else None
+        if final is not None and final.exists():
             if d.is_main:
-                print(f"[{stage.name}] done already ({stage.output(wd)}), skipped")
+                print(f"[{stage.info.name}] done already ({final}), skipped")
             result: dict[str, Any] = {}
         else:
             result = stage.run(cfg, resume=True)
-        times[stage.name] = time.time() - t0
-        if stage.metrics_key:
-            metrics[stage.metrics_key] = {k: v for k, v in result.items() if k not in _NOT_METRICS}
-    voc = open_dataset(cfg)
+        times[stage.info.name] = time.time() - t0
+        if stage.info.evaluates:
+            metrics[stage.info.name] = {k: v for k, v in result.items() if k not in NOT_METRICS}
+    voc = open_dataset(cfg.dataset)
     metrics.update(seconds=times, eval_split=cfg.dataset.eval_split,
-                   dataset={**dataset_profile(voc, infer_names(cfg, voc)), "working_long_side": cfg.dataset.long_side})
+                   dataset={**size_profile(voc, inference_names(cfg.dataset, voc)),
+                            "working_long_side": cfg.dataset.long_side})
     if d.is_main:
         artifacts.write_json(wd.metrics, metrics)
         save_pictures(cfg)
         from affinitynet import report  # matplotlib: loaded here, not with the CLI
 
         print(f"report: {report.write_report(wd.root)}")
-        warnings = [f"{key}: {w}" for key, w in report.run_warnings(metrics)]
-        if warnings:
-            print("affinitynet: warnings of this run (details under 'diagnostics' in metrics.json):", file=sys.stderr)
-            for w in warnings:
-                print(f"  - {w}", file=sys.stderr)
+        print_run_warnings([f"{key}: {w}" for key, w in report.run_warnings(metrics)])
     return metrics
 
 
@@ -115,7 +96,7 @@ def save_pictures(cfg: C.RunConfig, count: int = 6) -> list[Path]:
     from affinitynet.data.images import load_label_png
 
     wd = WorkDir(cfg.workdir)
-    voc = open_dataset(cfg)
+    voc = open_dataset(cfg.dataset)
     written = []
     for name in voc.split(cfg.dataset.eval_split)[:count]:
         image = voc.load_image(name)
@@ -145,7 +126,7 @@ def demo(workdir: str | Path = "work/demo", sets: list[str] | None = None, devic
     d, _ = distributed.setup(cfg.device)
     # under torchrun rank 0 alone writes the dataset; the others wait for it
     if d.is_main and not (root / "ImageSets" / "Segmentation" / "val.txt").exists():
-        synth.run(C.SynthConfig(out=str(root), **data))
+        synth.run(C.load_config(C.SynthConfig, values={"out": str(root), **data}))
     distributed.barrier()
     metrics = run(cfg)
     if d.is_main:
@@ -160,12 +141,14 @@ def predict_new_images(cfg: C.RunConfig, data: dict[str, Any], count: int = 4) -
     images (the next seed: in no split of the run), scored against their ground truth; returns
     the summary lines."""
     wd = WorkDir(cfg.workdir)
-    new = synth.run(C.SynthConfig(out=str(wd.root / "new_images"), train=0, val=count, seed=data["seed"] + 1,
-                                  family=data.get("family", "shapes")))
+    new = synth.run(C.load_config(C.SynthConfig, values={"out": str(wd.root / "new_images"), "train": 0, "val": count,
+                                                         "seed": data["seed"] + 1,
+                                                         "family": data.get("family", "shapes")}))
     images = Path(new["root"]) / "JPEGImages"
     out = wd.root / "predict"
-    predict.run(C.PredictConfig(weights=str(wd.root), inputs=[str(images)], out=str(out), overlay=True,
-                                num_workers=0, device=cfg.device))
+    predict.run(C.load_config(C.PredictConfig, values={"weights": str(wd.root), "inputs": [str(images)],
+                                                       "out": str(out), "overlay": True, "device": cfg.device,
+                                                       "segment": {"num_workers": 0}}))
     scores = evaluate_folder(out, VOCDataset(new["root"]), [p.stem for p in sorted(images.glob("*.jpg"))])
     return (f"affinitynet predict --weights {wd.root} {images} --out {out} --overlay: {count} new images "
             f"(seed {data['seed'] + 1}, in no split), mIoU {scores['miou']:.1f} against their ground truth; "
@@ -175,19 +158,19 @@ def predict_new_images(cfg: C.RunConfig, data: dict[str, Any], count: int = 4) -
 def comparison_table(metrics: dict[str, Any]) -> str:
     """Markdown table: IoU per class and mIoU of the CAMs, the random walk and (when it was
     evaluated on the same split) the segmentation network."""
-    cam, rw, seg = metrics.get("cam", {}), metrics.get("rw", {}), metrics.get("seg", {})
+    cam, walk, seg = (metrics.get(name, {}) for name in ("make_cam", "random_walk", "segment"))
     split = metrics.get("eval_split", "eval")
-    columns = [("CAM IoU", cam), ("random walk IoU", rw)]
+    columns = [(f"{STAGE_BY_NAME['make_cam'].title} IoU", cam), (f"{STAGE_BY_NAME['random_walk'].title} IoU", walk)]
     if seg.get("per_class") and seg.get("split", split) == split:
-        columns.append(("segmentation net IoU", seg))
-    classes = list((rw.get("per_class") or cam.get("per_class") or {}).keys())
+        columns.append((f"{STAGE_BY_NAME['segment'].title} IoU", seg))
+    classes = list((walk.get("per_class") or cam.get("per_class") or {}).keys())
     lines = [f"| class ({split}) | " + " | ".join(title for title, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for c in classes:
         lines.append(f"| {c} | " + " | ".join(_fmt(m.get("per_class", {}).get(c)) for _, m in columns) + " |")
     lines.append("| **mIoU** | " + " | ".join(f"**{_fmt(m.get('miou'))}**" for _, m in columns) + " |")
     if seg.get("miou") is not None and len(columns) == 2:
-        lines.append(f"\nsegmentation net on {seg.get('split')}: mIoU {_fmt(seg['miou'])}")
+        lines.append(f"\n{STAGE_BY_NAME['segment'].title} on {seg.get('split')}: mIoU {_fmt(seg['miou'])}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ missing is left out with a short note.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -30,12 +31,13 @@ from PIL import Image
 from affinitynet import artifacts, config as C, visualize
 from affinitynet.algorithms.metrics import confusion_matrix, mean_iou
 from affinitynet.artifacts import ReportFolder, WorkDir
-from affinitynet.common import open_dataset
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.images import load_label_png, save_label_png
 from affinitynet.data.palette import VOC_COLORMAP
-from affinitynet.data.voc import VOCDataset
+from affinitynet.data.voc import VOCDataset, open_dataset
+from affinitynet.diagnostics import THRESHOLD_GAP, sweep_summary, threshold_gap
 from affinitynet.errors import AffinityNetError, InputError
+from affinitynet.stage_table import STAGE_BY_NAME, STAGE_TABLE
 from affinitynet.visualize import Theme
 
 GALLERY_IMAGES = 24  # default number of gallery images
@@ -43,8 +45,7 @@ THUMB_HEIGHT = 116  # px: the gallery's pictures on the page (each links to its 
 THUMB_MAX_WIDTH = 360  # px: a very wide image gets a lower thumbnail instead of a wider one
 
 # the evaluating stages' keys in metrics.json, in pipeline order, and their titles
-EVALUATIONS = {"cam": "CAM", "aff_labels": "confident labels (CRF)", "rw": "random walk",
-               "seg": "segmentation net"}
+EVALUATIONS = {s.name: s.title for s in STAGE_TABLE if s.evaluates}
 
 
 @dataclass
@@ -128,14 +129,16 @@ def _dataset(r: _Report) -> VOCDataset | None:
     if r.cfg is None:
         return None
     root = Path(r.cfg.dataset.root)
+    settings = r.cfg.dataset
     try:
         inside = root.relative_to(Path(r.cfg.workdir))
         if (r.wd.root / inside).is_dir():
-            r.cfg.dataset.root = str(r.wd.root / inside)
+            settings = dataclasses.replace(settings, root=str(r.wd.root / inside))
+            r.cfg = dataclasses.replace(r.cfg, dataset=settings)
     except ValueError:
         pass  # the dataset lies outside the work folder
     try:
-        return open_dataset(r.cfg)
+        return open_dataset(settings)
     except AffinityNetError as exc:
         r.notes.append(f"The dataset could not be opened ({exc}): no gallery.")
         return None
@@ -192,15 +195,17 @@ def _scores(r: _Report) -> str:
     rows = []
     for key, m in present.items():
         extra = []
-        if key == "cam" and m.get("best_threshold") is not None:
+        if key == "make_cam" and m.get("best_threshold") is not None:
             extra.append(f"best background threshold {_num(m['best_threshold'], 2)} "
                          f"(mIoU {_num(m.get('best_miou'))})")
+            if threshold_gap(sweep_summary(m)) >= THRESHOLD_GAP:
+                extra.append("run `affinitynet tune` (see the warnings)")
         if key == "aff_labels":
             extra.append(f"precision {_num(m.get('confident_precision'))} % at coverage "
                          f"{_num(m.get('confident_coverage'))} % of the labelled pixels")
             if m.get("cam_precision_on_confident") is not None:
                 extra.append(f"the CAM prediction is right on {_num(m['cam_precision_on_confident'])} % of them")
-        if key == "seg" and m.get("split"):
+        if key == "segment" and m.get("split"):
             extra.append(f"on the {esc(m['split'])} split")
         rows.append(f"<tr><th>{esc(EVALUATIONS[key])}</th><td>{_num(m.get('miou'))}</td>"
                     f"<td>{_num(m.get('pixel_accuracy'))}</td><td>{esc(m.get('num_images', '–'))}</td>"
@@ -223,7 +228,7 @@ def _scores(r: _Report) -> str:
 def _column_title(r: _Report, key: str) -> str:
     m = _stage(r, key)
     split = (r.metrics or {}).get("eval_split")
-    if key == "seg" and m.get("split") and m.get("split") != split:
+    if key == "segment" and m.get("split") and m.get("split") != split:
         return f"{EVALUATIONS[key]} ({m['split']})"
     return EVALUATIONS[key]
 
@@ -268,9 +273,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
 
 def _training(r: _Report) -> str:
     parts = ['<section id="training"><h2>Training</h2>']
-    for attr, title in (("classifier", "classifier (train-cam)"), ("affinity", "AffinityNet (train-aff)"),
-                        ("segmentation", "segmentation net (train-seg)")):
-        folder: artifacts.TrainingFolder = getattr(r.wd, attr)
+    for stage in (s for s in STAGE_TABLE if s.trains):
+        attr, title = stage.folder, f"{stage.title} ({stage.cli})"
+        folder: artifacts.TrainingFolder = r.wd.training(stage.name)
         records = artifacts.read_jsonl(folder.log)
         if not records:
             parts.append(f'<h3>{esc(title)}</h3><p class="note">No training log yet '
@@ -299,7 +304,7 @@ def _training(r: _Report) -> str:
 
 
 def _sweep(r: _Report) -> str:
-    cam = _stage(r, "cam")
+    cam = _stage(r, "make_cam")
     sweep = cam.get("sweep")
     if not isinstance(sweep, dict) or not sweep.get("thresholds"):
         return ""
@@ -382,11 +387,11 @@ def _gallery(r: _Report, count: int, seed: int) -> str:
         names = r.voc.split(split)
     except InputError as exc:
         return head + f'<p class="note">No gallery: {esc(exc)}</p></section>'
-    rw_scores = image_scores(r.voc, names, r.wd.pseudo_labels)
-    chosen = choose_gallery(names, rw_scores, count, seed)
-    how = ("the best and the worst by random-walk IoU, then random ones" if rw_scores
+    walk_scores = image_scores(r.voc, names, r.wd.pseudo_labels)
+    chosen = choose_gallery(names, walk_scores, count, seed)
+    how = ("the best and the worst by random-walk IoU, then random ones" if walk_scores
            else "random ones (no random-walk labels with ground truth to rank them)")
-    cards = [_card(r, i, name, why, rw_scores.get(name)) for i, (name, why) in enumerate(chosen)]
+    cards = [_card(r, i, name, why, walk_scores.get(name)) for i, (name, why) in enumerate(chosen)]
     return (f"{head}<p>{len(chosen)} images of the {esc(split)} split: {esc(how)}. Click a picture for its "
             f"full size.</p>{_legend(r.voc)}{''.join(cards)}</section>")
 
@@ -399,7 +404,7 @@ def _legend(voc: VOCDataset) -> str:
     return f'<div class="legend" aria-label="class colours">{items}</div>'
 
 
-def _card(r: _Report, index: int, name: str, why: str, rw_iou: float | None) -> str:
+def _card(r: _Report, index: int, name: str, why: str, walk_iou: float | None) -> str:
     """One gallery entry: the image, its CAMs and every label map that exists for it."""
     assert r.voc is not None
     stem = f"{index:03d}-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"
@@ -433,11 +438,11 @@ def _card(r: _Report, index: int, name: str, why: str, rw_iou: float | None) -> 
     gt = panel("ground truth", "gt", lambda: r.voc.load_gt(name), label=True) if r.voc.has_gt(name) else None
 
     facts = [f'<span class="tag {esc(why)}">{esc(why)}</span>']
-    if rw_iou is not None:
-        facts.append(f"random walk IoU {_num(rw_iou)}")
-    seg = label_iou(labels.get("seg"), gt, r.voc.num_classes)
+    if walk_iou is not None:
+        facts.append(f"{STAGE_BY_NAME['random_walk'].title} IoU {_num(walk_iou)}")
+    seg = label_iou(labels.get("segment"), gt, r.voc.num_classes)
     if seg is not None:
-        facts.append(f"segmentation net IoU {_num(seg)}")
+        facts.append(f"{STAGE_BY_NAME['segment'].title} IoU {_num(seg)}")
     try:
         facts.append(f"classes: {esc(', '.join(r.voc.label_names(name)) or 'none')}")
     except InputError as exc:

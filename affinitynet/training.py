@@ -1,7 +1,9 @@
-"""The one training loop of the three training stages (``fit``), a plain loop: seeding, a
-sampler with per-image augmentation seeds, DDP, AMP / channels-last, checkpoints with RNG
-states for exact resume, a finite-loss guard and the per-step log. Each stage builds the
-network, datasets and criterion and hands them over."""
+"""The one training loop of the training stages, a plain loop: ``fit`` seeds, builds the loader
+(a sampler with per-image augmentation seeds) and the optimizer, wraps the network for DDP and
+runs ``train_one_epoch`` (AMP / channels-last, a finite-loss guard, the per-step log) and
+``evaluate`` per epoch; ``Checkpointer`` writes checkpoints with RNG states for exact resume.
+Each stage builds the network, datasets and criterion and hands them over, as torchvision's
+reference scripts do."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,9 +23,10 @@ from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
 from affinitynet.artifacts import TrainingFolder
-from affinitynet.common import image_to
-from affinitynet.config import TrainingConfig, to_dict
+from affinitynet.config import RunConfig, TrainingConfig, to_dict
 from affinitynet.errors import AffinityNetError, InputError
+from affinitynet.inference import load_backbone_weights
+from affinitynet.models import input_to
 from affinitynet.models.optim import build_optimizer
 
 #: a training stage's loss: (network, batch on the device) -> (loss, extra floats for the log)
@@ -103,17 +107,120 @@ class EpochSampler(DistributedSampler):
             yield index, sample_seed(self.seed, self.epoch, index)
 
 
-def _loader(dataset, batch_size: int, seed: int, num_workers: int, device: torch.device, dist_info,
-            drop_last: bool) -> tuple[DataLoader, EpochSampler]:
-    """One DataLoader for the whole run; call ``sampler.set_epoch(e)`` before each epoch. Its
-    order and augmentation depend only on (seed, epoch), so a resumed run sees exactly the
-    batches an uninterrupted one would. Workers persist across epochs; memory is pinned on CUDA."""
+def _loader(dataset: Dataset, settings: TrainingConfig, device: torch.device, desc: str
+            ) -> tuple[DataLoader, EpochSampler]:
+    """One DataLoader for the whole run; call ``sampler.set_epoch(e)`` before each epoch. The
+    global ``settings.batch_size`` is split over the ranks. Its order and augmentation depend
+    only on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+    Workers persist across epochs; memory is pinned on CUDA."""
+    dist_info = distributed.current()
+    per_rank = max(1, settings.batch_size // dist_info.world_size)
+    if dist_info.is_main and per_rank * dist_info.world_size != settings.batch_size:
+        print(f"{desc}: batch size {settings.batch_size} is global; {dist_info.world_size} ranks take "
+              f"{per_rank} images each, i.e. {per_rank * dist_info.world_size} per step")
+    drop_last = len(dataset) >= per_rank * dist_info.world_size
     sampler = EpochSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                           shuffle=True, seed=seed, drop_last=drop_last)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                           shuffle=True, seed=settings.seed, drop_last=drop_last)
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=settings.num_workers,
                         pin_memory=device.type == "cuda", drop_last=drop_last,
-                        persistent_workers=num_workers > 0)
+                        persistent_workers=settings.num_workers > 0)
     return loader, sampler
+
+
+class Checkpointer:
+    """The files of a training stage (``out``): ``checkpoint.pt`` every epoch (model, optimizer
+    with its schedule step, epoch, RNG states, ``config``), ``final.pth`` at the end and the
+    per-step ``log.jsonl``, all written by rank 0. ``last_good`` is the checkpoint a divergence
+    falls back to: only one this run wrote or resumed from, never a stale file."""
+
+    def __init__(self, out: TrainingFolder, config: Any, desc: str) -> None:
+        self.out, self.config, self.desc = out, config, desc
+        self.main = distributed.current().is_main
+        self.last_good = ""
+        if self.main:
+            out.root.mkdir(parents=True, exist_ok=True)
+            artifacts.remove_stale_tmp(out.root)
+
+    def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, resume: bool) -> tuple[int, int]:
+        """(first epoch, global step): from ``checkpoint.pt`` when resuming and it exists (the log
+        loses what the killed run logged after it), else from scratch (a fresh log)."""
+        if resume and self.out.checkpoint.exists():
+            start_epoch, step = _resume(self.out.checkpoint, model, optimizer, self.desc)
+            self.last_good = str(self.out.checkpoint)
+            if self.main:
+                _truncate_log(self.out.log, step)
+            return start_epoch, step
+        if resume and self.main:
+            print(f"{self.desc}: no checkpoint in {self.out.root}, starting from scratch")
+        if not resume and self.main and self.out.log.exists():
+            self.out.log.unlink()
+        return 0, 0
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.main:
+            artifacts.append_jsonl(self.out.log, record)
+
+    def print(self, line: str) -> None:
+        if self.main:
+            print(line)
+
+    def save_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+        if self.main:
+            artifacts.save_checkpoint(self.out.checkpoint, {
+                "version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1, "step": step, "rng": rng_state(), "config": to_dict(self.config)})
+            self.last_good = str(self.out.checkpoint)
+
+    def save_final(self, model: torch.nn.Module, meta: dict[str, Any] | None) -> None:
+        """The trained weights: {"model", "meta"} with ``meta``, else the plain state dict (as
+        the original's released files)."""
+        if self.main:
+            weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+            artifacts.save_checkpoint(self.out.final, {"model": weights, "meta": meta} if meta else weights)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every training step needs besides the batch."""
+
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    checkpoints: Checkpointer
+
+    def to_device(self, batch: Any) -> list[Any]:
+        image, *rest = batch
+        return [input_to(image, self.device, self.channels_last),
+                *(t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in rest)]
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, ctx: StepContext, epoch: int, step: int,
+                    desc: str) -> tuple[int, dict[str, Any]]:
+    """One pass over ``loader`` -> (global step after it, the epoch's record). Every step is
+    logged; a NaN or infinite loss stops training before it changes the weights."""
+    model.train()
+    total, count, t_epoch = 0.0, 0, time.time()
+    bar = tqdm(loader, desc=desc, disable=not distributed.current().is_main, dynamic_ncols=True, leave=False)
+    for batch in bar:
+        with autocast(ctx.device, ctx.amp):
+            loss, extra = ctx.criterion(model, ctx.to_device(batch))
+        # the mean over ranks is the loss of the global batch; every rank sees the same value,
+        # so a diverged run stops on all ranks together instead of hanging in the all-reduce
+        loss_global = distributed.all_reduce_mean(loss.detach().float())
+        check_finite(loss_global, step, epoch, ctx.checkpoints.last_good)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.optimizer.step()
+        step += 1
+        value = float(loss_global)
+        total, count = total + value, count + 1
+        lr_now = ctx.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_now:.2e}")
+        ctx.checkpoints.log({"kind": "step", "epoch": epoch, "step": step, "loss": value, "lr": lr_now, **extra})
+    return step, {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": total / max(count, 1),
+                  "seconds": time.time() - t_epoch}
 
 
 def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_set: Dataset | None,
@@ -126,106 +233,44 @@ def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_se
     (images NHWC when the network is: ``channels_last``, by default ``settings.channels_last`` on
     CUDA, where it is faster; on the CPU it is not). ``train_set`` is indexed with
     ``(index, augmentation seed)`` pairs (see ``EpochSampler``), ``val_set`` with plain indices.
-    SGD with the poly schedule over the model's four parameter groups; the global
-    ``settings.batch_size`` is split over the ranks and the schedule counts global steps.
-    Rank 0 writes ``out.checkpoint`` every epoch (model, optimizer incl. schedule step, epoch, RNG
-    states, ``config``), ``out.final`` at the end and ``out.log`` throughout; ``resume``
-    continues from ``out.checkpoint``. With ``meta`` (names, numbers, lists only), ``out.final``
-    is {"model": weights, "meta": meta}, so that it describes itself (e.g. for ``predict``);
-    otherwise the plain weights, as the original's released files. Returns {"final", "steps",
-    "history", "seconds"}.
+    SGD with the poly schedule over the model's parameter groups; the global batch is split over
+    the ranks and the schedule counts global steps. ``Checkpointer`` writes ``out`` (``resume``
+    continues from its checkpoint); with ``meta`` (names, numbers, lists only) ``out.final``
+    describes itself (e.g. for ``predict``). Returns {"final", "steps", "history", "seconds"}.
     """
     t0 = time.time()
-    dist_info = distributed.current()
-    if dist_info.is_main:
-        out.root.mkdir(parents=True, exist_ok=True)
-        artifacts.remove_stale_tmp(out.root)
+    checkpoints = Checkpointer(out, config, desc)
     if len(train_set) == 0:
         raise AffinityNetError(f"{desc}: the training split has no usable image")
-    per_rank = max(1, settings.batch_size // dist_info.world_size)
-    if dist_info.is_main and per_rank * dist_info.world_size != settings.batch_size:
-        print(f"{desc}: batch size {settings.batch_size} is global; {dist_info.world_size} ranks take "
-              f"{per_rank} images each, i.e. {per_rank * dist_info.world_size} per step")
-    drop_last = len(train_set) >= per_rank * dist_info.world_size
-    loader, sampler = _loader(train_set, per_rank, settings.seed, settings.num_workers, device, dist_info,
-                              drop_last)
-    max_step = max(1, len(loader) * settings.epochs)
+    loader, sampler = _loader(train_set, settings, device, desc)
     seed_everything(settings.seed)
-    if channels_last is None:
-        channels_last = settings.channels_last and device.type == "cuda"
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, max_step=max_step,
-                                momentum=settings.momentum)
-    start_epoch, step = 0, 0
-    last_good = ""  # the checkpoint a divergence falls back to: only one this run wrote or resumed
-    if resume and out.checkpoint.exists():
-        start_epoch, step = _resume(out.checkpoint, model, optimizer, desc)
-        last_good = str(out.checkpoint)
-        if dist_info.is_main:
-            _truncate_log(out.log, step)
-    elif resume and dist_info.is_main:
-        print(f"{desc}: no checkpoint in {out.root}, starting from scratch")
-    if not resume and dist_info.is_main and out.log.exists():
-        out.log.unlink()
+    channels_last = settings.channels_last and device.type == "cuda" if channels_last is None else channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer = build_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay,
+                                max_step=max(1, len(loader) * settings.epochs), momentum=settings.momentum)
+    start_epoch, step = checkpoints.start(model, optimizer, resume)
     wrapped = distributed.wrap_model(model, device, sync_bn=True)
     if settings.compile:
         wrapped = torch.compile(wrapped)
-
-    def to_device(batch: Any) -> list[Any]:
-        image, *rest = batch
-        return [image_to(image, device, channels_last),
-                *(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in rest)]
-
+    ctx = StepContext(criterion, optimizer, device, settings.amp, channels_last, checkpoints)
     history: list[dict[str, Any]] = []
-    bar = None
     for epoch in range(start_epoch, settings.epochs):
         # dropout masks come from the global RNG (augmentation has its own per-image seeds)
-        torch.manual_seed(_epoch_seed(settings.seed, epoch, dist_info.rank))
+        torch.manual_seed(_epoch_seed(settings.seed, epoch, distributed.current().rank))
         sampler.set_epoch(epoch)
-        wrapped.train()
-        total, count, t_epoch = 0.0, 0, time.time()
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{settings.epochs}", disable=not dist_info.is_main,
-                   dynamic_ncols=True, leave=False)
-        for batch in bar:
-            with autocast(device, settings.amp):
-                loss, extra = criterion(wrapped, to_device(batch))
-            # the mean over ranks is the loss of the global batch; every rank sees the same value,
-            # so a diverged run stops on all ranks together instead of hanging in the all-reduce
-            loss_global = distributed.all_reduce_mean(loss.detach().float())
-            check_finite(loss_global, step, epoch, last_good)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            value = float(loss_global)
-            total, count = total + value, count + 1
-            lr_now = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_now:.2e}")
-            if dist_info.is_main:
-                artifacts.append_jsonl(out.log, {"kind": "step", "epoch": epoch, "step": step,
-                                                 "loss": value, "lr": lr_now, **extra})
-        record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": total / max(count, 1),
-                  "seconds": time.time() - t_epoch}
+        step, record = train_one_epoch(wrapped, loader, ctx, epoch, step, f"{desc} {epoch + 1}/{settings.epochs}")
         if val_set is not None and len(val_set):
             # the bare network: ranks get unequal shares, and DDP's forward would wait for all ranks
-            record["val_loss"] = evaluate_loss(model, val_set, criterion, to_device, per_rank, device,
-                                               settings.amp)
+            record["val_loss"] = evaluate(model, val_set, ctx, loader.batch_size)
         history.append(record)
-        if dist_info.is_main:
-            artifacts.append_jsonl(out.log, record)
-            artifacts.save_checkpoint(out.checkpoint, {
-                "version": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1, "step": step, "rng": rng_state(), "config": to_dict(config)})
-            last_good = str(out.checkpoint)
-            msg = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.endswith("loss"))
-            print(f"{desc}: epoch {epoch + 1}/{settings.epochs} {msg} ({record['seconds']:.1f}s)")
+        checkpoints.log(record)
+        checkpoints.save_epoch(model, optimizer, epoch, step)
+        checkpoints.print(f"{desc}: epoch {epoch + 1}/{settings.epochs} "
+                          f"{', '.join(f'{k} {v:.4f}' for k, v in record.items() if k.endswith('loss'))} "
+                          f"({record['seconds']:.1f}s)")
         distributed.barrier()
-    del loader, bar  # the last references to the persistent workers: stops them
-    if dist_info.is_main:
-        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-        artifacts.save_checkpoint(out.final, {"model": weights, "meta": meta} if meta else weights)
+    del loader  # the last reference to the persistent workers: stops them
+    checkpoints.save_final(model, meta)
     distributed.barrier()
     return {"final": str(out.final), "steps": step, "history": history, "seconds": time.time() - t0}
 
@@ -259,8 +304,7 @@ def _truncate_log(log_path, step: int) -> None:
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, dataset: Dataset, criterion: Criterion,
-                  to_device: Callable[[Any], Any], batch_size: int, device: torch.device, amp: bool) -> float:
+def evaluate(model: torch.nn.Module, dataset: Dataset, ctx: StepContext, batch_size: int) -> float:
     """Mean loss over ``dataset`` in eval mode, over all ranks.
 
     Each rank takes every world_size-th image (no padding duplicates, unlike DistributedSampler),
@@ -269,13 +313,27 @@ def evaluate_loss(model: torch.nn.Module, dataset: Dataset, criterion: Criterion
     """
     mine = Subset(dataset, distributed.shard(range(len(dataset))))
     loader = DataLoader(mine, batch_size=batch_size, shuffle=False, num_workers=0,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=ctx.device.type == "cuda")
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
     for batch in loader:
-        with autocast(device, amp):
-            loss, _ = criterion(model, to_device(batch))
+        with autocast(ctx.device, ctx.amp):
+            loss, _ = ctx.criterion(model, ctx.to_device(batch))
         total += torch.tensor([float(loss) * len(batch[0]), len(batch[0])], dtype=torch.float64)
-    total = distributed.all_reduce_sum(total.to(device) if device.type == "cuda" else total).cpu()
+    total = distributed.all_reduce_sum(total.to(ctx.device) if ctx.device.type == "cuda" else total).cpu()
     model.train()
     return float(total[0] / max(total[1], 1))
+
+
+def initial_weights(net: torch.nn.Module, cfg: RunConfig, section: TrainingConfig) -> torch.nn.Module:
+    """Start ``net``'s backbone from ``section.weights`` when given, else (with
+    ``init_from_classifier``, networks on the run's backbones only) from the trained classifier
+    of this run when it exists and has the same backbone; otherwise leave the fresh
+    initialisation."""
+    if section.weights:
+        load_backbone_weights(net, section.weights)
+    elif getattr(section, "init_from_classifier", False) and getattr(section, "model", "largefov") == "largefov":
+        final = artifacts.WorkDir(cfg.workdir).classifier.final
+        if final.exists() and cfg.backbone_of(section) == cfg.train_cam.backbone:
+            load_backbone_weights(net, final)
+    return net

@@ -10,7 +10,7 @@ images in the same process, alternating per image:
 - ``one pass at a time``: 8 separate forward passes per image (each scale, then its flip) under
   ``torch.no_grad``, contiguous NCHW, summed in PSA's order — the original's form;
 - ``make-cam``: ``affinitynet.algorithms.cam.multiscale_cam`` with the network call of
-  ``affinitynet.stages.make_cam.cam_function``, exactly what the stage runs on this device:
+  ``affinitynet.inference.prepare(...).cam``, exactly what the stage runs on this device:
   ``torch.inference_mode``, channels-last network and input, and on CUDA the image and its flip
   as one batch of 2 (``batch_flip_on``; on the CPU two passes of 1 are faster);
 - CPU only, for comparison: the flip pair batched, in NCHW and in channels-last;
@@ -40,15 +40,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench, also when loaded by path
 
 from affinitynet.algorithms.cam import multiscale_cam  # noqa: E402
 from affinitynet.algorithms.resize import resize_image  # noqa: E402
 from affinitynet.config import MakeCamConfig  # noqa: E402
 from affinitynet.data.transforms import normalize  # noqa: E402
 from affinitynet.models import build_classifier  # noqa: E402
-from affinitynet.stages.make_cam import batch_flip_on, cam_function  # noqa: E402
-from _common import machine, print_table_header, run_main, sync  # noqa: E402
+from affinitynet.inference import batch_flip_on, prepare  # noqa: E402
+from _bench import machine, print_table_header, run_main, sync  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -144,7 +144,7 @@ def _main(argv: list[str] | None) -> int:
         if channels_last:  # converts the weights in place: give it its own copy
             model = build_classifier(args.backbone, args.classes)
             model.load_state_dict(state)
-        cam_fn = cam_function(model, device, amp=amp, channels_last=channels_last)
+        cam_fn = prepare(model, device, channels_last=channels_last, amp=amp).cam
         if amp and device.type == "cpu":  # make-cam itself autocasts on CUDA only
             plain_fn = cam_fn
 
@@ -232,7 +232,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; ``--quick`` runs single-threaded (see ``_common.run_main``)."""
+    """Run the benchmark; ``--quick`` runs single-threaded (see ``_bench.run_main``)."""
     return run_main(_main, argv)
 
 

@@ -20,8 +20,8 @@ without any annotation) with its two ``instances_*.json`` files, then measures:
    with the total for VOC's train_aug (10,582 images, by its distribution of class counts);
 3. what a rerun pays before any work, per image, at ``--small`` and at all images: reading and
    checking a split list (``VOCDataset.split``, one stat per image), reading the labels
-   (``image_labels`` of every image), and listing the finished outputs (``common.todo``);
-4. memory: peak RSS growth of the per-image loop (``common.for_each_image`` writing one PNG per
+   (``image_labels`` of every image), and listing the finished outputs (``per_image.todo``);
+4. memory: peak RSS growth of the per-image loop (``per_image.for_each_image`` writing one PNG per
    image) and of the evaluation (``evaluation.evaluate_folder``) over ``--small`` images and over
    all train / val images, each in a fresh process (Linux VmHWM, reset before the loop).
 
@@ -49,12 +49,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench, also when loaded by path
 
 from affinitynet import artifacts  # noqa: E402
 from affinitynet.data.images import save_label_png  # noqa: E402
 from affinitynet.data.prepare_coco import Instance, MaskTask, prepare_coco, write_mask  # noqa: E402
-from _common import load_average, machine, print_table_header, run_main  # noqa: E402
+from _bench import load_average, machine, print_table_header, run_main  # noqa: E402
 
 COCO_TRAIN, COCO_VAL = 82_081, 40_137  # COCO 2014 images with at least one annotation
 COCO_IMAGES = COCO_TRAIN + COCO_VAL
@@ -220,7 +220,7 @@ def disk_bytes(path: Path) -> int:
 def rerun_costs(root: Path, count: int | None) -> dict[str, float]:
     """Seconds to read + check the train split, read every image's labels, and list the finished
     outputs (``todo`` with every output present) for the first ``count`` train images."""
-    from affinitynet.common import todo
+    from affinitynet.per_image import todo
     from affinitynet.data.voc import VOCDataset
 
     split = "train"
@@ -271,7 +271,7 @@ def _reset_peak() -> bool:
 def child(kind: str, root: str, split: str, count: int, out: str) -> dict[str, float]:
     """In a fresh process: run the per-image loop or the evaluation over ``count`` images of
     ``split`` and return RSS before, peak RSS during (MiB) and seconds."""
-    from affinitynet.common import for_each_image
+    from affinitynet.per_image import for_each_image
     from affinitynet.data.voc import VOCDataset
     from affinitynet.evaluation import evaluate_folder
 
@@ -409,7 +409,7 @@ def _report(args: argparse.Namespace, base: Path) -> int:
                        f"extrapolated to {COCO_IMAGES:,} images", align="lrrrr")
     for key, what in (("split", "read + check the split list (VOCDataset.split)"),
                       ("labels", "labels of every image (labels.json + vectors)"),
-                      ("todo", "skip finished images (common.todo)")):
+                      ("todo", "skip finished images (per_image.todo)")):
         ps, pf = small[key] / small["images"], full[key] / full["images"]
         print(f"| {what} | {small[key]:.3f} s | {full[key]:.3f} s | {1e6 * ps:.1f} / {1e6 * pf:.1f} µs | "
               f"{pf * COCO_IMAGES:.1f} s |")
@@ -427,7 +427,7 @@ def _report(args: argparse.Namespace, base: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; ``--quick`` runs single-threaded (see ``_common.run_main``)."""
+    """Run the benchmark; ``--quick`` runs single-threaded (see ``_bench.run_main``)."""
     return run_main(_main, argv)
 
 

@@ -23,6 +23,7 @@ pending name exactly once, and the output folder exactly one PNG per name.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import collections
 import contextlib
 import functools
@@ -42,7 +43,7 @@ from PIL import Image
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench, also when loaded by path
 
 from affinitynet import artifacts  # noqa: E402
 from affinitynet.artifacts import WorkDir  # noqa: E402
@@ -51,7 +52,7 @@ from affinitynet.data.synthetic import generate  # noqa: E402
 from affinitynet.data.voc import VOCDataset  # noqa: E402
 from affinitynet.pipeline import demo_config  # noqa: E402
 from affinitynet.stages import make_aff_labels  # noqa: E402
-from _common import cpu_model, load_average, print_table_header, usable_cores  # noqa: E402
+from _bench import cpu_model, load_average, print_table_header, usable_cores  # noqa: E402
 
 VOC_SIZE = (500, 375)  # width, height of most PASCAL VOC images
 
@@ -126,7 +127,7 @@ def run_once(cfg, processes: int, log: Path) -> dict:
     shutil.rmtree(wd.aff_labels, ignore_errors=True)
     shutil.rmtree(wd.crf, ignore_errors=True)
     log.unlink(missing_ok=True)
-    cfg.aff_labels.processes = processes
+    cfg = dataclasses.replace(cfg, aff_labels=dataclasses.replace(cfg.aff_labels, processes=processes))
     names = VOCDataset(cfg.dataset.root).split("train")
     before = cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its bar and lines

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from affinitynet import pipeline  # noqa: E402
 from affinitynet.errors import AffinityNetError  # noqa: E402
-from _common import machine, print_table_header, run_main  # noqa: E402
+from _bench import machine, print_table_header, run_main  # noqa: E402
 
 FAMILIES = {"shapes": {"family": "shapes"}, "clutter": {"family": "clutter"},
             "small": {"family": "shapes", "scale": 0.55}}
@@ -44,7 +44,7 @@ def run_one(family: str, recipe: str, workdir: Path, data: dict, quick: bool) ->
     start = time.time()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         metrics = pipeline.demo(workdir, sets=sets, device="cpu", data={**data, **FAMILIES[family]})
-    return {"cam": metrics["cam"]["miou"], "rw": metrics["rw"]["miou"], "seg": metrics["seg"]["miou"],
+    return {"cam": metrics["make_cam"]["miou"], "rw": metrics["random_walk"]["miou"], "seg": metrics["segment"]["miou"],
             "warnings": sum(len(m.get("warnings", [])) for m in metrics.values() if isinstance(m, dict)),
             "seconds": time.time() - start}
 

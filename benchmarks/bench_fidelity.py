@@ -35,13 +35,13 @@ from torchvision.transforms import functional as TFv1
 from torchvision.transforms.v2 import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench, also when loaded by path
 
 from affinitynet.algorithms.crf import confident_labels, crf_with_background  # noqa: E402
 from affinitynet.algorithms.resize import working_image  # noqa: E402
 from affinitynet.data.synthetic import make_sample  # noqa: E402
 from affinitynet.data.transforms import crop_to_canvas, long_side_size, random_crop_box  # noqa: E402
-from _common import machine, print_table_header, run_main  # noqa: E402
+from _bench import machine, print_table_header, run_main  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden"
 ALPHAS = (4.0, 32.0)  # the paper's low and high background power

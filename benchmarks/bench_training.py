@@ -19,6 +19,7 @@ out the CPU part (on a GPU machine, see ``gpu_check.sh``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import io
 import os
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench, also when loaded by path
 
 from affinitynet.algorithms.resize import resize_label, scaled_size, working_scale  # noqa: E402
 from affinitynet.artifacts import WorkDir, save_crf_scores  # noqa: E402
@@ -42,14 +43,15 @@ from affinitynet.data.synthetic import generate  # noqa: E402
 from affinitynet.models import build_classifier, build_optimizer  # noqa: E402
 from affinitynet.pipeline import demo_config  # noqa: E402
 from affinitynet.stages import train_aff, train_cam  # noqa: E402
-from _common import cuda_suffix, machine, print_table_header, run_main, sync  # noqa: E402
+from _bench import cuda_suffix, machine, print_table_header, run_main, sync  # noqa: E402
 
 
 def cpu_stage(stage: str, cfg, workers: int, epochs: int) -> dict:
     """Run one training stage from scratch; images/s of its last epoch."""
     wd = WorkDir(cfg.workdir)
-    sc = cfg.train_cam if stage == "train-cam" else cfg.train_aff
-    sc.num_workers, sc.epochs = workers, epochs
+    section = "train_cam" if stage == "train-cam" else "train_aff"
+    sc = dataclasses.replace(getattr(cfg, section), num_workers=workers, epochs=epochs)
+    cfg = dataclasses.replace(cfg, **{section: sc})
     out = wd.classifier if stage == "train-cam" else wd.affinity
     shutil.rmtree(out, ignore_errors=True)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -73,9 +75,9 @@ def cpu_rows(n_images: int, epochs: int, rounds: int, tmp: Path, crop: int = 224
         keys = np.array([k for k in range(1, 255) if (gt == k).any()], np.int64) - 1
         scores = np.stack([gt == 0, *(gt == k + 1 for k in keys)]).astype(np.float32)
         save_crf_scores(wd.crf_file(png.stem), keys, scores, scores)
-    cfg.train_aff.init_from_classifier = False
-    cfg.train_cam.crop = cfg.train_aff.crop = crop
-    cfg.train_cam.batch_size, cfg.train_aff.batch_size = batch_cam, batch_aff
+    cfg = dataclasses.replace(cfg, train_cam=dataclasses.replace(cfg.train_cam, crop=crop, batch_size=batch_cam),
+                              train_aff=dataclasses.replace(cfg.train_aff, crop=crop, batch_size=batch_aff,
+                                                            init_from_classifier=False))
     rows = []
     for stage in ("train-cam", "train-aff"):
         best: dict[int, dict] = {}
@@ -185,7 +187,7 @@ def print_step_rows(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; ``--quick`` runs single-threaded (see ``_common.run_main``)."""
+    """Run the benchmark; ``--quick`` runs single-threaded (see ``_bench.run_main``)."""
     return run_main(_main, argv)
 
 

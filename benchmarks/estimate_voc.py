@@ -47,7 +47,7 @@ from PIL import Image
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when loaded by path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench, also when loaded by path
 
 from affinitynet.algorithms.affinity import (affinity_from_features, affinity_labels,  # noqa: E402
                                              affinity_loss)
@@ -57,14 +57,13 @@ from affinitynet.data.synthetic import make_sample  # noqa: E402
 from affinitynet.algorithms.segmentation import multiscale_probabilities  # noqa: E402
 from affinitynet.data.transforms import (AffinityAugment, ClassificationTransform,  # noqa: E402
                                          SegmentationTransform, normalize)
-from affinitynet.common import torch_threads  # noqa: E402
+from affinitynet.inference import confident_label_map, crf_scores, torch_threads  # noqa: E402
 from affinitynet.config import AffLabelsConfig, RunConfig  # noqa: E402
 from affinitynet.models import (build_affinity_net, build_classifier, build_optimizer,  # noqa: E402
                                 build_segmentation_net)
-from affinitynet.stages.make_aff_labels import crf_scores  # noqa: E402
-from affinitynet.algorithms.crf import confident_labels  # noqa: E402
+from affinitynet.algorithms.resize import WorkImage  # noqa: E402
 from affinitynet.stages.train_seg import segmentation_loss  # noqa: E402
-from _common import cuda_suffix, machine, print_table_header, sync, usable_cores  # noqa: E402
+from _bench import cuda_suffix, machine, print_table_header, sync, usable_cores  # noqa: E402
 
 VOC_TRAIN_AUG, VOC_VAL = 10_582, 1_449
 VOC_SIZE = (500, 375)  # width, height
@@ -132,8 +131,9 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
         for i, (image, label) in enumerate(scenes):
             keys, maps = cams_from_label(label)
             start = time.perf_counter()
-            low, high = crf_scores(image, maps, AffLabelsConfig())  # the paper's alphas 4 / 32
-            confident_labels(low, high, keys=keys)
+            work = WorkImage(image, 0)
+            low, high = crf_scores(work, maps, AffLabelsConfig())  # the paper's alphas 4 / 32
+            confident_label_map(work, keys, low, high)
             out["crf"].append(time.perf_counter() - start)
             jpeg = io.BytesIO()
             Image.fromarray(image).save(jpeg, format="JPEG", quality=90)
@@ -150,7 +150,7 @@ def measure_cpu(n_images: int, size: tuple[int, int] = VOC_SIZE) -> dict[str, fl
             aff = affinity_from_features(features, 5)[0]
             start = time.perf_counter()
             with torch_threads(1):  # as the random-walk stage runs the walk
-                propagate_cams(keys, maps, aff, (height, width), **WALK, num_classes=5)
+                propagate_cams(keys, maps, aff, (height, width), **WALK)
             out["walk"].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
@@ -164,8 +164,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     """Per-step / per-image seconds of the network parts on ``device`` (keys of GPU_KEYS and
     OPTIONAL_GPU_KEYS). Random data: speed does not depend on it. Runs on any device; the
     estimate uses it on CUDA only."""
-    from affinitynet.stages.make_cam import batch_flip_on, cam_function
-    from affinitynet.common import image_affinity
+    from affinitynet.inference import batch_flip_on, image_affinity, prepare
 
     def sync_device() -> None:
         sync(device)
@@ -190,7 +189,7 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     out["train_cam_step_s"] = median_time(cls_step, repeats, 2, sync_device)
 
     # make-cam per image: the stage's network call and fusion
-    cam_fn = cam_function(net, device, amp=False)
+    cam_fn = prepare(net, device, channels_last=True).cam  # make-cam's form (make_cam.channels_last)
     width, height = size
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     label = np.zeros(20, np.float32)
@@ -220,14 +219,14 @@ def measure_gpu(device: torch.device, backbone: str = "resnet38", crop: int = CR
     out["train_aff_step_s"] = median_time(aff_step, repeats, 2, sync_device)
 
     # random walk: AffinityNet forward at VOC size, then the walk on the same device
-    net.eval().to(memory_format=torch.channels_last)  # the stage's form (random_walk.channels_last)
-    out["aff_forward_s_per_image"] = median_time(lambda: image_affinity(net, image, 5, device, True),
+    affinity_net = prepare(net, device, channels_last=True)  # the stage's form (random_walk.channels_last)
+    out["aff_forward_s_per_image"] = median_time(lambda: image_affinity(affinity_net, image, 5),
                                                  repeats, 1, sync_device)
-    aff = image_affinity(net, image, 5, device, True)
+    aff = image_affinity(affinity_net, image, 5)
     keys = np.array([3, 11])
     maps = np.random.default_rng(1).random((2, height, width), dtype=np.float32)
     out["random_walk_s_per_image"] = median_time(
-        lambda: propagate_cams(keys, maps, aff, (height, width), **WALK, num_classes=20), repeats, 1, sync_device)
+        lambda: propagate_cams(keys, maps, aff, (height, width), **WALK), repeats, 1, sync_device)
     del net, opt, x
     if device.type == "cuda":
         torch.cuda.empty_cache()

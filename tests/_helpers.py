@@ -30,8 +30,7 @@ def single_torch_thread() -> Iterator[None]:
 def write_config(cfg_file: Path, workdir: Path, data_root: Path | str, sets: list[str]):
     """The demo config with ``sets`` applied and ``dataset.root = data_root``, written as YAML to
     ``cfg_file``; returns the config object."""
-    cfg = demo_config(workdir, sets)
-    cfg.dataset.root = str(data_root)
+    cfg = demo_config(workdir, [*(sets or []), f"dataset.root={data_root}"])
     cfg_file.write_text(C.dump_yaml(cfg))
     return cfg
 

@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 
 from affinitynet import artifacts
-from affinitynet import config as C
 from affinitynet.artifacts import WorkDir
 from affinitynet.data.images import load_label_png
 from affinitynet.cli import main
@@ -432,15 +431,3 @@ def test_config_file_errors(base, capsys, tmp_path):
     msg = fail(capsys, "train-cam", "--config", str(bad), "--workdir", str(work))
     assert "'train_cam.colour_jitter'" in msg
     assert not work.exists()
-
-
-def test_backbone_names_match_the_models():
-    from affinitynet.models import BACKBONES
-
-    assert set(C.BACKBONE_NAMES) == set(BACKBONES)
-
-
-def test_segmentation_model_names_match_the_models():
-    from affinitynet.models import SEGMENTATION_MODELS
-
-    assert set(C.SEGMENTATION_MODEL_NAMES) == set(SEGMENTATION_MODELS)

@@ -163,7 +163,7 @@ def test_threshold_sweep_hand_case():
     # 0.1, 0.3, 0.58; an ignored pixel 0.99. Only thresholds in [0.58, 0.62) separate them.
     maps = np.array([[[0.9, 0.8, 0.62, 0.1, 0.3, 0.58, 0.99]]], np.float32)
     gt = np.array([[7, 7, 7, 0, 0, 0, 255]], np.uint8)
-    result = best_threshold([(np.array([6]), maps, gt)], num_classes=21, thresholds=[0.2, 0.4, 0.6, 0.7])
+    result = best_threshold([(np.array([6]), maps, gt)], num_labels=21, thresholds=[0.2, 0.4, 0.6, 0.7])
     expected = [100 * (3 / 5 + 1 / 3) / 2, 100 * (3 / 4 + 2 / 3) / 2, 100.0, 100 * (2 / 3 + 3 / 4) / 2]  # percent
     np.testing.assert_allclose(result["miou"], expected)
     assert result["best_threshold"] == pytest.approx(0.6)

@@ -8,14 +8,24 @@ from affinitynet import cli, pipeline
 from affinitynet import config as C
 
 
+# every command of the CLI (a new one is added here, with its README section)
+COMMANDS = ("synth", "prepare-voc", "prepare-coco", "evaluate", "convert-weights", "train-cam", "make-cam",
+            "make-aff-labels", "train-aff", "random-walk", "train-seg", "segment", "run", "tune", "demo", "report",
+            "predict", "export")
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("synth", "prepare-voc", "evaluate", "convert-weights", "train-cam", "make-cam",
-                "make-aff-labels", "train-aff", "random-walk", "run", "demo"):
-        assert cmd in out
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+    for cmd in COMMANDS:
+        assert f"    {cmd} " in out or f"    {cmd}\n" in out, cmd
+        with pytest.raises(SystemExit) as exc:
+            cli.main([cmd, "--help"])
+        assert exc.value.code == 0 and f"usage: affinitynet {cmd}" in capsys.readouterr().out
 
 
 def test_run_options_become_config(tmp_path):

@@ -62,7 +62,7 @@ def test_yaml_and_set_overrides(tmp_path):
     assert cfg.workdir == "/tmp/x" and cfg.train_cam.backbone == "vgg16"
     assert cfg.train_cam.resize_long == (100, 200)
     assert cfg.random_walk.beta == 4.0 and isinstance(cfg.random_walk.beta, float)
-    assert cfg.dataset.infer_splits == ["a", "b"]
+    assert cfg.dataset.infer_splits == ("a", "b")
     # round trip through the YAML written into a work folder
     g = tmp_path / "d.yaml"
     g.write_text(C.dump_yaml(cfg))
@@ -123,7 +123,7 @@ def test_coco_configs_load(path):
     assert cfg.train_cam.backbone == path.stem.split("_")[-1]
     assert cfg.dataset.root and cfg.train_cam.weights
     assert cfg.train_aff.weights == cfg.train_seg.weights == cfg.train_cam.weights
-    assert (cfg.dataset.train_split, cfg.dataset.infer_splits, cfg.dataset.eval_split) == ("train", ["train"], "val")
+    assert (cfg.dataset.train_split, cfg.dataset.infer_splits, cfg.dataset.eval_split) == ("train", ("train",), "val")
     if cfg.train_cam.backbone == "resnet50":  # IRN's recipe, as the COCO follow-ups use it
         tc = cfg.train_cam
         assert (tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.crop) == (5, 16, 0.1, 1e-4, 512)
@@ -160,3 +160,16 @@ def test_ranges_are_declared_per_field():
         C.load_config(C.RunConfig, None, ["train_cam.momentum=1.5"])
     # SynthConfig's ``train`` (image count) and a RunConfig section named ``train_*`` do not mix
     assert C.load_config(C.SynthConfig, None, ["train=0"]).train == 0
+
+
+def test_choices_agree_with_what_they_name():
+    """The settings that name a backbone, a segmentation model, a synthetic family or an export
+    format offer exactly what exists (config keeps the names to validate without torch)."""
+    from affinitynet.data.synthetic import families
+    from affinitynet.models import BACKBONES, SEGMENTATION_MODELS
+    from affinitynet.stages import export
+
+    assert set(C.BACKBONE_NAMES) == set(BACKBONES)
+    assert set(C.SEGMENTATION_MODEL_NAMES) == set(SEGMENTATION_MODELS)
+    assert set(C.SYNTHETIC_FAMILIES) == set(families())
+    assert set(C.EXPORT_FORMATS) == set(export.EXPORTERS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -40,7 +39,6 @@ def test_convert_writes_loadable_pth(name, expected, tmp_path):
 
 
 def test_report_against_our_backbones(tmp_path):
-    pytest.importorskip("affinitynet.models")
     res = run(ConvertWeightsConfig(str(fixture_file("mxnet_small.params")), str(tmp_path / "r.pth")))
     exp = np.load(fixture_file("mxnet_small_expected.npz"))
     assert res["backbone"] == "resnet38" and res["unexpected"] == []
@@ -68,13 +66,6 @@ def test_report_with_fake_backbone_and_pth_input(tmp_path, monkeypatch):
     assert "bn7.weight" in res["unexpected"] and "conv1a.weight" not in res["unexpected"]
     _assert_equal_state(torch.load(tmp_path / "b.pth", weights_only=True),
                         np.load(fixture_file("mxnet_small_expected.npz")))
-
-
-def test_works_without_models_package(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "affinitynet.models", None)  # import now fails
-    res = run(ConvertWeightsConfig(str(fixture_file("vgg16_small.caffemodel")), str(tmp_path / "o.pth")))
-    assert res["missing"] == res["unexpected"] == res["mismatched"] == []
-    assert res["num_tensors"] == 30
 
 
 def test_list_file_and_bad_input_fail_cleanly(tmp_path):

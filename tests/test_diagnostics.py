@@ -99,7 +99,9 @@ def test_warnings_fire_on_a_mismatched_run(mismatched, capsys):
                      "--set", "make_cam.sweep=true"]) == 0
     lines = _warnings(capsys)
     assert any("used at their native size: set dataset.long_side=260" in line for line in lines), lines
-    assert any("CAMs cover most of the image" in line and "set make_cam.bg_score=" in line for line in lines), lines
+    assert any("CAMs cover most of the image" in line and "background-threshold warning" in line for line in lines), lines
+    assert any("best CAM background threshold" in line and "`affinitynet tune`" in line
+               and "set make_cam.bg_score=" in line for line in lines), lines
     # confident background nearly absent: the high-alpha CRF keeps no background
     assert main(["make-aff-labels", "--config", str(cfg_file), "--set", "aff_labels.high_alpha=1000",
                  "--set", "aff_labels.low_alpha=1000"]) == 0
@@ -135,3 +137,35 @@ def test_diagnostics_are_in_the_results_and_quiet_when_all_is_well(mismatched, c
     assert set(d["per_image"]) == set(VOCDataset(cfg.dataset.root).split("train") + VOCDataset(cfg.dataset.root).split("val"))
     assert 0 <= d["coverage"]["mean"] <= 100
     json.dumps(result, default=float)  # the results go into metrics.json
+
+
+COVERED = {"coverage": {"mean": 90.0}, "images_mostly_covered": 80.0}  # CAMs that do not localise
+LOCALISED = {"coverage": {"mean": 20.0}, "images_mostly_covered": 0.0}
+NO_BACKGROUND = {"background": {"mean": 1.0}, "images_without_background": 90.0}
+BACKGROUND = {"background": {"mean": 40.0}, "images_without_background": 0.0}
+
+
+def test_warnings_refer_to_each_other_only_when_the_other_fires():
+    """A warning names another as a cause only when that one fires too (they come from one
+    place, with one predicate each)."""
+    with_cams = diagnostics.confident_warnings(NO_BACKGROUND, COVERED)[0]
+    without = diagnostics.confident_warnings(NO_BACKGROUND, LOCALISED)[0]
+    assert "see the CAM coverage warning" in with_cams and "CAM" not in without
+    assert diagnostics.cam_warnings(COVERED, "", None, 0.2)  # the CAM coverage warning does fire there
+    assert not diagnostics.cam_warnings(LOCALISED, "", None, 0.2)
+    flooded = {"images_flooded": 50.0}
+    assert "confident-background warning" in diagnostics.walk_warnings(flooded, NO_BACKGROUND)[0]
+    assert "confident" not in diagnostics.walk_warnings(flooded, BACKGROUND)[0]
+    assert diagnostics.confident_warnings(NO_BACKGROUND) and not diagnostics.confident_warnings(BACKGROUND)
+
+
+def test_a_gap_to_the_best_threshold_is_a_warning_that_names_tune():
+    """The issue's case: best threshold 0.50 (50.4 mIoU) against the 0.20 used (36.2)."""
+    sweep = {"best_threshold": 0.5, "best_miou": 50.4, "miou_at_bg_score": 36.2}
+    warnings = diagnostics.cam_warnings(LOCALISED, "", sweep, 0.2)
+    assert len(warnings) == 1 and "`affinitynet tune`" in warnings[0] and "make_cam.bg_score=0.50" in warnings[0]
+    assert "0.50 (50.4 mIoU) against the 0.20 used (36.2)" in warnings[0]
+    close = {"best_threshold": 0.25, "best_miou": 37.0, "miou_at_bg_score": 36.2}  # under THRESHOLD_GAP
+    assert diagnostics.cam_warnings(LOCALISED, "", close, 0.2) == []
+    both = diagnostics.cam_warnings(COVERED, "", sweep, 0.2)
+    assert len(both) == 2 and "see the background-threshold warning" in both[1]

@@ -245,13 +245,12 @@ def test_sharded_inference_matches_single_process(trained_workdir):
     config.write_text((base / "config.yaml").read_text().replace(str(base / "ref"), str(dist)))
     torchrun(2, "infer", str(config), str(base))
 
-    from affinitynet.data.voc import VOCDataset
-    from affinitynet.common import infer_names
+    from affinitynet.data.voc import VOCDataset, inference_names
 
     voc = VOCDataset(cfg.dataset.root)
-    names = infer_names(cfg, voc)
+    names = inference_names(cfg.dataset, voc)
     assert len(names) == 11
-    for folder, ext in (("cam", "npz"), ("cam_pred", "png"), ("aff_labels", "png"), ("pseudo_labels", "png"),
+    for folder, ext in (("cam", "npz"), ("cam_pred", "png"), ("crf", "npz"), ("aff_labels", "png"), ("pseudo_labels", "png"),
                         ("seg_pred", "png")):
         if folder == "seg_pred":  # segment takes the val split
             names = voc.split(cfg.dataset.val_split)
@@ -307,7 +306,7 @@ def test_demo_on_two_processes_matches_single_process(tmp_path):
             runs[name][stage] = [(r["step"], r["lr"]) for r in log if r["kind"] == "step"]
     single, ddp = runs["single"], runs["ddp"]
     assert ddp["classifier"] == single["classifier"] and ddp["affinity"] == single["affinity"]
-    for key in ("cam", "rw"):
+    for key in ("make_cam", "random_walk"):
         assert abs(ddp[key]["miou"] - single[key]["miou"]) <= DEMO_MIOU_TOLERANCE, (key, single, ddp)
     assert (tmp_path / "ddp" / "vis").is_dir()
 

@@ -1,5 +1,6 @@
 """The layering of docs/ARCHITECTURE.md holds: a module imports only its own layer and the
-layers above it, no stage imports another stage, and importing the library never imports the CLI."""
+layers above it, no stage imports another stage, and importing the library never imports the CLI;
+no function is longer than a screen, and no module is a grab-bag named common / utils."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "affinitynet"
 
 # top to bottom, as in docs/ARCHITECTURE.md
-LAYERS = ["errors", "conventions", "algorithms", "config", "artifacts", "distributed", "parallel", "data", "models",
-          "weights", "evaluation", "diagnostics", "visualize", "common", "report", "inference", "training", "stages",
-          "pipeline", "api", "cli"]
+LAYERS = ["errors", "conventions", "stage_table", "algorithms", "config", "artifacts", "distributed", "parallel", "data",
+          "models", "weights", "evaluation", "diagnostics", "visualize", "console", "per_image", "report", "inference",
+          "training", "stages", "pipeline", "api", "cli"]
+MAX_FUNCTION_LINES = 50
 
 
 def _layer(module: str) -> str:
@@ -70,3 +72,18 @@ def test_importing_the_library_does_not_import_the_cli():
             "print('affinitynet.cli' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for name, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, long
+
+
+def test_no_grab_bag_module():
+    assert not [name for name, _ in _modules() if name.rsplit(".", 1)[-1] in ("common", "utils", "helpers", "misc")]

@@ -192,7 +192,7 @@ def test_every_backbone_shapes_and_groups(backbone):
     h, w = 10, 8  # ceil(75/8), ceil(61/8)
 
     cls = build_classifier(backbone, num_classes=7)
-    assert cls.normalization in NORMALIZATIONS and cls.normalization == BACKBONES[backbone].normalization
+    assert cls.normalization in NORMALIZATIONS
     assert cls.feature_stride == 8
     _check_groups(cls, new_names={"fc8.weight"})
     cls.eval()
@@ -214,7 +214,7 @@ def test_every_backbone_shapes_and_groups(backbone):
     del cls, levels
 
     aff = build_affinity_net(backbone)
-    assert aff.normalization == BACKBONES[backbone].normalization and aff.feature_stride == 8
+    assert aff.normalization == build_classifier(backbone, 5).normalization and aff.feature_stride == 8
     _check_groups(aff, new_names={"f8_3.weight", "f8_4.weight", "f8_5.weight", "f9.weight"})
     aff.eval()
     with torch.no_grad():
@@ -224,7 +224,7 @@ def test_every_backbone_shapes_and_groups(backbone):
     del aff, features
 
     seg = build_segmentation_net(backbone, num_classes=7)
-    assert seg.normalization == BACKBONES[backbone].normalization and seg.feature_stride == 8
+    assert seg.normalization == build_classifier(backbone, 5).normalization and seg.feature_stride == 8
     _check_groups(seg, new_names={"fc8_seg.weight", "fc8_seg.bias"})
     assert set(backbone_keys(seg)) == set(seg.state_dict()) - {"fc8_seg.weight", "fc8_seg.bias"}
     seg.eval()
@@ -301,13 +301,13 @@ def test_random_walk_affinities_match_original(path):
     multiples of 8, AffinityNet, exp(-mean|df|) on its output) are the original's: for the
     ``net`` cases with the ResNet-38 AffinityNet under the deterministic weights, for the
     ``image`` cases with the README's image features."""
-    from affinitynet.common import image_affinity
+    from affinitynet.inference import image_affinity, prepare
 
     g = np.load(path)
     source = str(g["affinity_source"])
     if source == "net":
         net = deterministic_net("resnet38_aff")
-        aff = image_affinity(net, g["image"], 5, torch.device("cpu"))
+        aff = image_affinity(prepare(net, torch.device("cpu")), g["image"], 5)
         # the stage's input is the golden input: normalised, zero-padded at bottom/right
         with torch.no_grad():
             assert rel_err(net.affinity(torch.from_numpy(g["input"]), 5)[0], g["aff"][0]) <= 1e-4

@@ -40,7 +40,8 @@ def test_shipped_data_is_the_default():
         assert list((DATA / "golden").glob(kind + "*")), kind
     assert (DATA / "weights" / "SHA256SUMS").is_file()
     out = _pytest("--collect-only", NORMALIZE_TEST)
-    assert "normalize_0" in out.stdout, out.stdout
+    shipped = sorted(p.stem for p in (DATA / "golden").glob("normalize_*.npz"))
+    assert shipped and all(stem in out.stdout for stem in shipped), out.stdout
 
 
 def test_missing_golden_folder_fails(tmp_path):
@@ -63,8 +64,10 @@ def test_missing_fixture_folder_fails(tmp_path):
 
 
 def test_every_case_in_the_given_folder_runs(tmp_path):
-    shutil.copy(GOLDEN / "normalize_0.npz", tmp_path / "normalize_0.npz")
-    d = dict(np.load(GOLDEN / "normalize_0.npz"))
+    # any case of the shipped data (the folder AFFINITYNET_GOLDEN names may hold other cases)
+    source = sorted((DATA / "golden").glob("normalize_*.npz"))[0]
+    shutil.copy(source, tmp_path / source.name)
+    d = dict(np.load(source))
     # a second case written from the documented formulas, as a new golden file would be
     rng = np.random.default_rng(7)
     image = rng.integers(0, 256, (4, 9, 3), dtype=np.uint8)
@@ -75,7 +78,7 @@ def test_every_case_in_the_given_folder_runs(tmp_path):
     assert set(d) == {"image", "resnet38", "vgg16"}
     out = _pytest(NORMALIZE_TEST, golden=tmp_path)
     assert out.returncode == 0, out.stdout
-    assert "2 passed" in out.stdout and "normalize_7" in out.stdout
+    assert "2 passed" in out.stdout and "normalize_7" in out.stdout and source.stem in out.stdout
 
 
 def test_rel_err_of_an_all_zero_reference_is_exact():

@@ -289,7 +289,7 @@ def test_pipeline_runs_on_prepared_coco(tmp_path):
                      *[f"--set={s}" for s in sets]]) == 0
     metrics = json.loads((work / "metrics.json").read_text())
     classes = ["background", "stripes", "polka dots", "checker", "rings"]
-    for key in ("cam", "rw", "seg"):
+    for key in ("make_cam", "random_walk", "segment"):
         assert list(metrics[key]["per_class"]) == classes, key
         assert 0 <= metrics[key]["miou"] <= 100
     assert metrics["eval_split"] == "val"

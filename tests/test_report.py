@@ -89,12 +89,12 @@ def _metrics(voc: VOCDataset) -> dict:
 
     thresholds = [round(0.05 * i, 2) for i in range(1, 20)]
     return {
-        "cam": {**scores(50.0), "sweep": {"thresholds": thresholds, "miou": [60 - 100 * (t - 0.3) ** 2 for t in thresholds]},
+        "make_cam": {**scores(50.0), "sweep": {"thresholds": thresholds, "miou": [60 - 100 * (t - 0.3) ** 2 for t in thresholds]},
                 "best_threshold": 0.3, "best_miou": 60.0},
         "aff_labels": {"confident_precision": 99.5, "confident_coverage": 71.0, "cam_precision_on_confident": 97.5,
                        "diagnostics": {"unsure": {"mean": 27.0}}, "warnings": []},
-        "rw": {**scores(75.0), "warnings": [WARNING]},
-        "seg": {**scores(72.0), "split": "val"},
+        "random_walk": {**scores(75.0), "warnings": [WARNING]},
+        "segment": {**scores(72.0), "split": "val"},
         "seconds": {"train_cam": 34.0, "make_cam": 11.0, "aff_labels": 19.3, "train_aff": 116.0, "random_walk": 7.1,
                     "train_seg": 37.9, "segment": 1.0},
         "eval_split": "val",
@@ -163,7 +163,7 @@ def test_gallery_best_worst_random_and_full_size_links(full):
     assert len(links) >= 7
     image = next(root / href for href in links if href.endswith("-image.png"))
     assert load_rgb(image).shape == load_rgb(full.root / "data" / "JPEGImages" / "val_00001.jpg").shape
-    pseudo = next(root / href for href in links if href.endswith("-pseudo.png"))
+    pseudo = next(root / href for href in links if href.endswith("-random_walk.png"))
     assert np.array_equal(load_label_png(pseudo), load_label_png(full.pseudo_labels / "val_00001.png"))
     for href, thumb in links.items():
         assert load_rgb(root / thumb).shape[0] == report.THUMB_HEIGHT
@@ -213,7 +213,7 @@ def test_partial_folder(tmp_path):
     """CAMs and their scores only (an interrupted run after make-cam; no sweep in it)."""
     wd = build_workdir(tmp_path / "work", ("config", "cam"))
     metrics = _metrics(VOCDataset(wd.root / "data"))
-    artifacts.write_json(wd.metrics, {"cam": {k: v for k, v in metrics["cam"].items() if k != "sweep"},
+    artifacts.write_json(wd.metrics, {"make_cam": {k: v for k, v in metrics["make_cam"].items() if k != "sweep"},
                                       "seconds": {"train_cam": 30.0, "make_cam": 10.0}})
     index = report.write_report(wd.root, images=3)
     page, tags = index.read_text(), page_tags(index)

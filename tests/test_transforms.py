@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from affinitynet.data.transforms import AffinityAugment, ClassificationTransform, CropBox, normalize
+from affinitynet.data.transforms import AffinityAugment, ClassificationTransform, normalize
 from conftest import golden_cases
 
 

@@ -147,7 +147,6 @@ def test_predict_bad_inputs(trained, tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_computes_what_pytorch_computes(trained, tmp_path, fmt):
     from affinitynet.inference import load_segmenter
-    from affinitynet.stages.export import ImageToProbabilities
 
     out = tmp_path / f"seg.{fmt}"
     with single_torch_thread():
@@ -156,8 +155,8 @@ def test_export_computes_what_pytorch_computes(trained, tmp_path, fmt):
     assert info["classes"] == ["stripes", "dots", "checker", "rings", "waves"]
     from affinitynet.config import SegmentConfig
 
-    reference = ImageToProbabilities(load_segmenter(trained, settings=SegmentConfig(channels_last=False)).net,
-                                     "imagenet").eval()
+    # the package's own inference (segment / predict at one scale, no flip) on the same images
+    segmenter = load_segmenter(trained, settings=SegmentConfig(scales=(1.0,), flip=False, channels_last=False))
     if fmt == "onnx":
         import onnxruntime
 
@@ -168,12 +167,31 @@ def test_export_computes_what_pytorch_computes(trained, tmp_path, fmt):
         run = lambda x: loaded(x).detach().numpy()  # noqa: E731
     rng = np.random.default_rng(0)
     for size in ((1, 3, 83, 117), (2, 3, 120, 64)):  # two sizes, and a batch: the axes are dynamic
-        x = torch.from_numpy(rng.uniform(0, 255, size).astype(np.float32))
-        with torch.no_grad():
-            want = reference(x).numpy()
-        got = run(x)
+        images = rng.integers(0, 256, (size[0], size[2], size[3], 3), dtype=np.uint8)
+        want = segmenter.probabilities(list(images)).numpy()
+        got = run(torch.from_numpy(images).permute(0, 3, 1, 2).float())
         assert got.shape == want.shape == (size[0], 6, size[2], size[3])
         assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("normalization", ["imagenet", "caffe_bgr"])
+def test_exported_normalisation_is_the_networks(normalization):
+    """The export wrapper hands the network what ``normalize`` gives it, for both kinds of input
+    (RGB mean/std and Caffe's BGR means)."""
+    from affinitynet.data.transforms import normalize
+    from affinitynet.stages.export import ImageToProbabilities
+
+    class Echo(torch.nn.Module):
+        seen: torch.Tensor
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen = x
+            return x[:, :2]
+
+    image = np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    echo = Echo()
+    ImageToProbabilities(echo, normalization)(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    torch.testing.assert_close(echo.seen[0], normalize(image, normalization), rtol=1e-5, atol=1e-4)
 
 
 def test_export_needs_a_network(tmp_path):

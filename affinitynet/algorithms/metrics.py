@@ -18,11 +18,12 @@ import numpy as np
 from affinitynet.conventions import IGNORE_INDEX
 
 
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
+def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_labels: int,
                      ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """(K, K) int64 counts, rows = ground truth, columns = prediction; K = ``num_classes``.
+    """(K, K) int64 counts, rows = ground truth, columns = prediction; K = ``num_labels``, the
+    background and the object classes.
 
-    ``pred`` and ``gt`` are integer label maps of the same shape (K counts background). Pixels
+    ``pred`` and ``gt`` are integer label maps of the same shape. Pixels
     whose ground truth is ``ignore_index`` are skipped; any other prediction or ground-truth value
     outside 0..K-1 is a ValueError (it would otherwise vanish from the scores silently).
     """
@@ -34,14 +35,14 @@ def confusion_matrix(pred: np.ndarray, gt: np.ndarray, num_classes: int,
     g = gt[valid].astype(np.int64)
     p = pred[valid].astype(np.int64)
     if g.size:
-        if g.min() < 0 or g.max() >= num_classes:
-            raise ValueError(f"ground-truth value {int(g.max() if g.max() >= num_classes else g.min())} "
-                             f"outside 0..{num_classes - 1}")
-        if p.min() < 0 or p.max() >= num_classes:
-            bad = int(p.max() if p.max() >= num_classes else p.min())
-            raise ValueError(f"predicted value {bad} outside 0..{num_classes - 1} at a labelled pixel")
-    return np.bincount(g * num_classes + p, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes).astype(np.int64)
+        if g.min() < 0 or g.max() >= num_labels:
+            raise ValueError(f"ground-truth value {int(g.max() if g.max() >= num_labels else g.min())} "
+                             f"outside 0..{num_labels - 1}")
+        if p.min() < 0 or p.max() >= num_labels:
+            bad = int(p.max() if p.max() >= num_labels else p.min())
+            raise ValueError(f"predicted value {bad} outside 0..{num_labels - 1} at a labelled pixel")
+    return np.bincount(g * num_labels + p, minlength=num_labels * num_labels).reshape(
+        num_labels, num_labels).astype(np.int64)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

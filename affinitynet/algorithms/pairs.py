@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from affinitynet.conventions import STRIDE
+
 
 def pair_offsets(radius: int) -> list[tuple[int, int]]:
     """Forward offsets (dy, dx) with dx² + dy² < radius², in the original order.
@@ -28,6 +30,20 @@ def pair_offsets(radius: int) -> list[tuple[int, int]]:
     return offsets
 
 
+def min_grid_size(radius: int) -> tuple[int, int]:
+    """(rows, cols) of the smallest grid that holds one pair of every offset: radius x
+    (2 radius - 1) cells, the "from" block being one cell."""
+    return radius, 2 * radius - 1
+
+
+def min_image_size(radius: int, stride: int = STRIDE) -> tuple[int, int]:
+    """(H, W) in px of the smallest image whose grid (padded up to multiples of ``stride``)
+    holds one pair of every offset: 33 x 65 px for radius 5 at stride 8. A square crop (a
+    multiple of the stride) needs max(H, W) rounded up to the stride: 72 px."""
+    rows, cols = min_grid_size(radius)
+    return stride * (rows - 1) + 1, stride * (cols - 1) + 1
+
+
 def from_region(height: int, width: int, radius: int) -> tuple[int, int]:
     """(rows, cols) of the block of "from" cells, whose top-left is (0, radius-1).
 
@@ -36,10 +52,11 @@ def from_region(height: int, width: int, radius: int) -> tuple[int, int]:
     rows = height - radius + 1
     cols = width - 2 * (radius - 1)
     if rows < 1 or cols < 1:
+        min_rows, min_cols = min_grid_size(radius)
+        min_h, min_w = min_image_size(radius)
         raise ValueError(
-            f"grid {height}x{width} is too small for radius-{radius} pairs: need height >= "
-            f"{radius} and width >= {2 * radius - 1} cells (image >= {8 * radius}x"
-            f"{8 * (2 * radius - 1)} px at stride 8)")
+            f"grid {height}x{width} is too small for radius-{radius} pairs: need at least {min_rows}x{min_cols} "
+            f"cells (an image of at least {min_w}x{min_h} px at stride {STRIDE})")
     return rows, cols
 
 

@@ -217,8 +217,7 @@ def label_from_scores(scores: torch.Tensor, keys: torch.Tensor, image_hw: tuple[
 
 def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torch.Tensor,
                    aff: np.ndarray | torch.Tensor, image_hw: tuple[int, int],
-                   alpha: float, beta: float, logt: int, radius: int, num_classes: int,
-                   method: str = "sparse"
+                   alpha: float, beta: float, logt: int, radius: int, method: str = "sparse"
                    ) -> tuple[np.ndarray, torch.Tensor]:
     """CAMs of one image -> random-walk pseudo label (the original infer_aff procedure).
 
@@ -229,8 +228,8 @@ def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torc
     Background (1 - max)^alpha joins the class maps; all are zero-padded to multiples of 8,
     averaged over 8x8 blocks, walked (absent classes are all-zero and stay zero, so only the
     K + 1 present channels are walked), upsampled bilinearly to the padded size and argmaxed.
-    Returns the label (H, W) uint8 (0 = background, class index + 1) and the stride-8 scores
-    (num_classes + 1, h, w) float32.
+    Returns the label (H, W) uint8 (0 = background, class index + 1) and the walked stride-8
+    scores (K + 1, h, w) float32 of [background, the keys in ascending order].
     """
     height, width = image_hw
     aff = torch.as_tensor(aff)
@@ -252,11 +251,7 @@ def propagate_cams(cam_keys: np.ndarray | list[int], cam_maps: np.ndarray | torc
         scores = scores.reshape(-1, h, w)
     else:
         raise ValueError(f"unknown random walk method {method!r} (sparse or dense)")
-    label = label_from_scores(scores, keys, image_hw)
-    full = scores.new_zeros(num_classes + 1, h, w)
-    full[0] = scores[0]
-    full[keys.to(scores.device) + 1] = scores[1:]
-    return label, full.float()
+    return label_from_scores(scores, keys, image_hw), scores.float()
 
 
 def propagate_cams_settings(cam_keys: np.ndarray, cam_maps: np.ndarray, aff: torch.Tensor, alphas: list[float],

@@ -4,6 +4,8 @@ stage works at (``dataset.long_side``, the "working size") or a CAM scale. Sizes
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 from PIL import Image
 
@@ -24,6 +26,37 @@ def working_image(image: np.ndarray, long_side: int) -> np.ndarray:
     """An (H, W, 3) uint8 image at the working size (``working_scale``); itself when native."""
     factor = working_scale(long_side, image.shape[:2])
     return resize_image(image, factor) if factor != 1 else image
+
+
+class WorkImage:
+    """One image at its native size and at the working size ``long_side``: what every per-image
+    step of a stage works on. The working-size image is made once, when first asked for."""
+
+    def __init__(self, native: np.ndarray, long_side: int) -> None:
+        self.native, self.long_side = native, long_side
+        self.factor = working_scale(long_side, native.shape[:2])
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        return self.native.shape[0], self.native.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) at the working size."""
+        return scaled_size(self.native_size, self.factor)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """(H, W, 3) uint8 at the working size (the native image itself when they agree)."""
+        return resize_image(self.native, self.factor) if self.factor != 1 else self.native
+
+    def maps(self, maps: np.ndarray) -> np.ndarray:
+        """(K, H, W) score maps of the native image at the working size."""
+        return resize_maps(maps, self.size)
+
+    def label_to_native(self, label: np.ndarray) -> np.ndarray:
+        """A label map made at the working size, back at the native size."""
+        return resize_label(label, self.native_size)
 
 
 def resize_image(image: np.ndarray, scale: float) -> np.ndarray:

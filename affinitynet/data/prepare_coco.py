@@ -343,8 +343,6 @@ def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = N
     gt_dir.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale_tmp(gt_dir)  # of a killed run
     artifacts.remove_stale_tmp(jpeg_dir)
-    if processes <= 0:
-        processes = usable_cores()
     categories: list[tuple[int, str]] | None = None
     lists: dict[str, list[str]] = {}
     labels: dict[str, list[str]] = {}
@@ -352,42 +350,49 @@ def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = N
     # one split at a time: only one parsed annotation file is in memory
     for split_name, folder, ann_file in SPLITS:
         split = read_instances(root / "annotations" / ann_file)
-        if categories is None:
-            categories = split.categories
-        elif split.categories != categories:
+        if categories is not None and split.categories != categories:
             raise InputError(f"{split.path}: its categories differ from those of "
                              f"{root / 'annotations' / SPLITS[0][2]}")
-        image_dir = (root / folder).resolve()
-        present = _entries(image_dir)
-        with_objects, without = [], []
-        for im in split.images:
-            if im["name"] in labels:
-                raise InputError(f"{split.path}: image name {im['name']} is used twice (also in another split)")
-            instances = split.instances.get(im["id"], [])
-            labels[im["name"]] = [categories[k - 1][1] for k in sorted({i.label for i in instances})]
-            (with_objects if instances else without).append(im)
-        missing = [im["file"] for im in with_objects if im["file"] not in present]
-        if missing:
-            raise InputError(f"{image_dir / missing[0]}: image listed in {split.path} does not exist "
-                             f"({len(missing)} of {len(with_objects)} images missing)")
-        counts = link_images([(image_dir / im["file"], Path(im["file"]).name) for im in with_objects], jpeg_dir)
-        for key, value in counts.items():
-            summary["links"][key] += value
-        tasks = list(_tasks(split, with_objects, image_dir, gt_dir, _entries(gt_dir)))
-        map_in_processes(write_mask, tasks, processes, f"prepare-coco {split_name} masks", progress, chunksize=16)
-        lists[split_name] = [im["name"] for im in with_objects]
-        lists[f"no_objects_{split_name}"] = [im["name"] for im in without]
-        summary[split_name] = len(with_objects)
-        summary[f"no_objects_{split_name}"] = len(without)
-        summary[f"masks_written_{split_name}"] = len(tasks)
-        summary[f"instances_{split_name}"] = sum(len(v) for v in split.instances.values())
+        categories = split.categories
+        summary.update(_prepare_split(split, split_name, (root / folder).resolve(), out_root, labels, lists,
+                                      summary["links"], processes or usable_cores(), progress))
         del split  # the parsed file, before the next one is read
     assert categories is not None
-    sets = out_root / "ImageSets" / "Segmentation"
     # written last: a folder with split lists is complete
     artifacts.write_lines(out_root / "classes.txt", (name for _, name in categories))
     artifacts.write_bytes(out_root / "labels.json", (json.dumps(labels, indent=0) + "\n").encode("utf-8"))
     for split_name, names in lists.items():
-        artifacts.write_lines(sets / f"{split_name}.txt", names)
+        artifacts.write_lines(out_root / "ImageSets" / "Segmentation" / f"{split_name}.txt", names)
     summary["classes"] = len(categories)
     return summary
+
+
+def _prepare_split(split: SplitAnnotations, split_name: str, image_dir: Path, out_root: Path,
+                   labels: dict[str, list[str]], lists: dict[str, list[str]], links: dict[str, int], processes: int,
+                   progress: bool) -> dict[str, int]:
+    """One split: its images' labels (into ``labels``), links and masks; its lists (into
+    ``lists``, written by the caller) and link counts (added to ``links``). Returns its counts."""
+    present = _entries(image_dir)
+    with_objects, without = [], []
+    for im in split.images:
+        if im["name"] in labels:
+            raise InputError(f"{split.path}: image name {im['name']} is used twice (also in another split)")
+        instances = split.instances.get(im["id"], [])
+        labels[im["name"]] = [split.categories[k - 1][1] for k in sorted({i.label for i in instances})]
+        (with_objects if instances else without).append(im)
+    missing = [im["file"] for im in with_objects if im["file"] not in present]
+    if missing:
+        raise InputError(f"{image_dir / missing[0]}: image listed in {split.path} does not exist "
+                         f"({len(missing)} of {len(with_objects)} images missing)")
+    counts = link_images([(image_dir / im["file"], Path(im["file"]).name) for im in with_objects],
+                         out_root / "JPEGImages")
+    for key, value in counts.items():
+        links[key] += value
+    gt_dir = out_root / "SegmentationClass"
+    tasks = list(_tasks(split, with_objects, image_dir, gt_dir, _entries(gt_dir)))
+    map_in_processes(write_mask, tasks, processes, f"prepare-coco {split_name} masks", progress, chunksize=16)
+    lists[split_name] = [im["name"] for im in with_objects]
+    lists[f"no_objects_{split_name}"] = [im["name"] for im in without]
+    return {split_name: len(with_objects), f"no_objects_{split_name}": len(without),
+            f"masks_written_{split_name}": len(tasks),
+            f"instances_{split_name}": sum(len(v) for v in split.instances.values())}

@@ -93,19 +93,38 @@ def prepare_voc(voc_root: str | os.PathLike, sbd_root: str | os.PathLike | None 
     voc = resolve_voc_root(voc_root)
     out_root = Path(out) if out else voc
     sets = voc / "ImageSets" / "Segmentation"
-    voc_train = read_list(sets / "train.txt")
-    voc_val = read_list(sets / "val.txt")
+    voc_train, voc_val = read_list(sets / "train.txt"), read_list(sets / "val.txt")
     if sbd_root:
         sbd = resolve_sbd_root(sbd_root)
         sbd_train = read_list(sbd / "train.txt")
         sbd_val = read_list(sbd / "val.txt") if (sbd / "val.txt").is_file() else []
     else:
-        sbd = None
-        sbd_train, sbd_val = [], []
+        sbd, sbd_train, sbd_val = None, [], []
         warnings.warn("no SBD folder given: train_aug = VOC train only", stacklevel=2)
     train_aug = sorted((set(sbd_train) | set(sbd_val) | set(voc_train)) - set(voc_val))
+    labels = _image_labels(voc, sorted(set(train_aug) | set(voc_train) | set(voc_val)))
+    out_root.mkdir(parents=True, exist_ok=True)
+    out_sets = out_root / "ImageSets" / "Segmentation"
+    artifacts.write_lines(out_sets / "train_aug.txt", train_aug)
+    if out_root.resolve() != voc.resolve():
+        artifacts.write_lines(out_sets / "train.txt", voc_train)
+        artifacts.write_lines(out_sets / "val.txt", voc_val)
+        _link_into(out_root, voc)
+    artifacts.write_lines(out_root / "classes.txt", VOC_CLASSES)
+    artifacts.write_bytes(out_root / "labels.json", (json.dumps(labels, indent=0, sort_keys=True) + "\n").encode("utf-8"))
+    converted = copied = 0
+    if convert_sbd:
+        if sbd is None:
+            raise InputError("prepare-voc: --convert-sbd needs the SBD folder (--sbd-root)")
+        converted, copied = _augmented_masks(voc, sbd, out_root / "SegmentationClassAug", sorted(set(sbd_train) | set(sbd_val)))
+    return {"out": str(out_root), "train_aug": len(train_aug), "train": len(voc_train), "val": len(voc_val),
+            "sbd_train": len(sbd_train), "sbd_val": len(sbd_val), "labelled_images": len(labels),
+            "sbd_converted": converted, "voc_masks_copied": copied}
 
-    listed = sorted(set(train_aug) | set(voc_train) | set(voc_val))
+
+def _image_labels(voc: Path, listed: list[str]) -> dict[str, list[str]]:
+    """Image -> its classes (VOC order) from the XML annotations of ``listed``; every image and
+    annotation must exist and name only VOC classes."""
     missing = [n for n in listed if not (voc / "JPEGImages" / f"{n}.jpg").is_file()]
     if missing:
         raise InputError(f"{voc / 'JPEGImages' / (missing[0] + '.jpg')}: {len(missing)} listed "
@@ -121,41 +140,20 @@ def prepare_voc(voc_root: str | os.PathLike, sbd_root: str | os.PathLike | None 
             if c not in known:
                 raise InputError(f"{xml}: image '{n}' has unknown class '{c}'")
         labels[n] = sorted(set(names), key=VOC_CLASSES.index)
+    return labels
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    out_sets = out_root / "ImageSets" / "Segmentation"
-    artifacts.write_lines(out_sets / "train_aug.txt", train_aug)
-    if out_root.resolve() != voc.resolve():
-        artifacts.write_lines(out_sets / "train.txt", voc_train)
-        artifacts.write_lines(out_sets / "val.txt", voc_val)
-        _link_into(out_root, voc)
-    artifacts.write_lines(out_root / "classes.txt", VOC_CLASSES)
-    artifacts.write_bytes(out_root / "labels.json", (json.dumps(labels, indent=0, sort_keys=True) + "\n").encode("utf-8"))
 
-    converted = copied = 0
-    if convert_sbd:
-        if sbd is None:
-            raise InputError("prepare-voc: --convert-sbd needs the SBD folder (--sbd-root)")
-        aug = out_root / "SegmentationClassAug"
-        aug.mkdir(parents=True, exist_ok=True)
-        voc_gt = voc / "SegmentationClass"
-        voc_pngs = {p.stem: p for p in voc_gt.glob("*.png")} if voc_gt.is_dir() else {}
-        for n, src in sorted(voc_pngs.items()):
-            shutil.copyfile(src, aug / f"{n}.png")  # VOC's own masks win (finer, with 255 borders)
-            copied += 1
-        for n in sorted(set(sbd_train) | set(sbd_val)):
-            if n in voc_pngs:
-                continue
+def _augmented_masks(voc: Path, sbd: Path, aug: Path, sbd_names: list[str]) -> tuple[int, int]:
+    """``SegmentationClassAug``: VOC's own masks copied (they win: finer, with 255 borders),
+    then the SBD masks of the other images converted; returns (converted, copied)."""
+    aug.mkdir(parents=True, exist_ok=True)
+    voc_gt = voc / "SegmentationClass"
+    voc_pngs = {p.stem: p for p in voc_gt.glob("*.png")} if voc_gt.is_dir() else {}
+    for n, src in sorted(voc_pngs.items()):
+        shutil.copyfile(src, aug / f"{n}.png")
+    converted = 0
+    for n in sbd_names:
+        if n not in voc_pngs:
             save_label_png(aug / f"{n}.png", read_sbd_mask(sbd / "cls" / f"{n}.mat"))
             converted += 1
-    return {
-        "out": str(out_root),
-        "train_aug": len(train_aug),
-        "train": len(voc_train),
-        "val": len(voc_val),
-        "sbd_train": len(sbd_train),
-        "sbd_val": len(sbd_val),
-        "labelled_images": len(labels),
-        "sbd_converted": converted,
-        "voc_masks_copied": copied,
-    }
+    return converted, len(voc_pngs)

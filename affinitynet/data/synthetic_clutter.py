@@ -25,7 +25,7 @@ import colorsys
 import numpy as np
 from PIL import Image
 
-from affinitynet.data.synthetic import SyntheticSample, paste_object, pattern_names, split_id
+from affinitynet.data.synthetic_shapes import SyntheticSample, paste_object, pattern_names, split_id
 
 CLUTTER_PATTERNS: tuple[str, ...] = ("zigzag", "grid", "spots", "hatch", "bands", "triangles")
 # cue colours (RGB): saturated, 60 degrees apart in hue

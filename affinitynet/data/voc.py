@@ -25,6 +25,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from torch.utils.data import Dataset
 
 from affinitynet import artifacts
 from affinitynet.algorithms.resize import resize_label, working_image
+from affinitynet.config import DatasetConfig
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.images import load_label_png, load_rgb, orient_like_image
 from affinitynet.data.transforms import AffinityAugment, normalize
@@ -294,6 +296,38 @@ class VOCDataset:
             raise InputError(f"{path}: label value {int(gt[bad].max())} is not a class "
                              f"(0..{self.num_classes} or {IGNORE_INDEX})")
         return gt
+
+
+# -----------------------------------------------------------------------------------------------
+# The dataset of a run
+# -----------------------------------------------------------------------------------------------
+def open_dataset(settings: DatasetConfig) -> VOCDataset:
+    """The dataset a run's ``dataset`` section names."""
+    if not settings.root:
+        raise InputError("no dataset given: set dataset.root (or --dataset DIR)")
+    return VOCDataset(settings.root, settings.labels or None, settings.exif_transpose)
+
+
+def inference_names(settings: DatasetConfig, voc: VOCDataset) -> list[str]:
+    """Images that get CAMs and labels: the inference splits plus the evaluation split, each once."""
+    seen: dict[str, None] = {}
+    for split in [*settings.infer_splits, settings.eval_split]:
+        for name in voc.split(split):
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+PROFILE_SAMPLE = 500  # images whose sizes are read for the profile (evenly spread)
+
+
+def size_profile(voc: VOCDataset, names: list[str]) -> dict[str, Any]:
+    """Long sides (px) of the images ``names``: min, 10th percentile, median, 90th percentile,
+    max over up to 500 of them, evenly spread, read from the file headers (fast at any size)."""
+    step = max(1, len(names) // PROFILE_SAMPLE)
+    sides = np.array([s for s in (voc.image_long_side(n) for n in names[::step]) if s > 0] or [0])
+    return {"images": len(names), "measured": int(len(names[::step])),
+            "long_side": {key: int(np.percentile(sides, q)) for key, q in
+                          (("min", 0), ("p10", 10), ("median", 50), ("p90", 90), ("max", 100))}}
 
 
 # -----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from affinitynet.models.base import (Backbone, backbone_keys, check_state_dict,
+from affinitynet.models.base import (Backbone, backbone_keys, check_state_dict, input_to,
                                      load_backbone_state_dict, load_state_dict_strict)
 from affinitynet.models.heads import AffinityNet, ClassifierNet, SegmentationNet
 from affinitynet.models.optim import PolyOptimizer, build_optimizer, poly_lr
@@ -27,30 +27,18 @@ from affinitynet.models.vgg16 import VGG16, VGG16AffinityNet, VGG16Classifier, V
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What a backbone name stands for."""
+    """The networks of one backbone (each knows its input normalisation and initial weights)."""
 
-    name: str
     classifier: type[ClassifierNet]
     affinity: type[AffinityNet]
     segmentation: type[SegmentationNet]
-    normalization: str  # "imagenet" or "caffe_bgr"
-    pretrained: str  # which ImageNet initialisation fits, for messages and docs
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet38": BackboneSpec("resnet38", ResNet38Classifier, ResNet38AffinityNet, ResNet38SegmentationNet,
-                             "imagenet",
-                             "MXNet ilsvrc-cls_rna-a1_cls1000_ep-0001.params (Wu et al.), "
-                             "or PSA's res38_cls.pth / res38_aff.pth"),
-    "vgg16": BackboneSpec("vgg16", VGG16Classifier, VGG16AffinityNet, VGG16SegmentationNet, "caffe_bgr",
-                          "Caffe vgg16_20M.caffemodel (DeepLab-LargeFOV init), "
-                          "or PSA's vgg_cls.pth / vgg_aff.pth"),
-    "resnet50": BackboneSpec("resnet50", ResNet50Classifier, ResNet50AffinityNet, ResNet50SegmentationNet,
-                             "imagenet",
-                             "torchvision ImageNet resnet50 or IRN res50_cam.pth "
-                             "(see remap_resnet50_state_dict)"),
-    "tiny": BackboneSpec("tiny", TinyClassifier, TinyAffinityNet, TinySegmentationNet, "imagenet",
-                         "none (trained from scratch)"),
+    "resnet38": BackboneSpec(ResNet38Classifier, ResNet38AffinityNet, ResNet38SegmentationNet),
+    "vgg16": BackboneSpec(VGG16Classifier, VGG16AffinityNet, VGG16SegmentationNet),
+    "resnet50": BackboneSpec(ResNet50Classifier, ResNet50AffinityNet, ResNet50SegmentationNet),
+    "tiny": BackboneSpec(TinyClassifier, TinyAffinityNet, TinySegmentationNet),
 }
 
 
@@ -100,7 +88,7 @@ __all__ = [
     "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet", "SegmentationNet",
     "build_classifier", "build_affinity_net", "build_segmentation_net", "build_segmentation_model",
     "SEGMENTATION_MODELS", "DeepLabV2", "TorchvisionDeepLabV3", "AUX_LOSS_WEIGHT", "main_scores",
-    "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys",
+    "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys", "input_to",
     "remap_resnet50_state_dict",
     "PolyOptimizer", "build_optimizer", "poly_lr",
     "ResNet38", "ResNet38Classifier", "ResNet38AffinityNet", "ResNet38SegmentationNet",

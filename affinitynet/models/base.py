@@ -119,6 +119,12 @@ class Backbone(nn.Module):
         return groups
 
 
+def input_to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A (B, 3, H, W) batch to ``device``, NHWC when the network is (``channels_last``)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(device, non_blocking=True, memory_format=fmt)
+
+
 def _describe(keys: Iterable[str], limit: int = 12) -> str:
     keys = list(keys)
     shown = ", ".join(keys[:limit])

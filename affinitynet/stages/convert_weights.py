@@ -2,8 +2,7 @@
 
 Reads an ademxapp ResNet-38 ``.params`` or DeepLab VGG-16 ``.caffemodel`` (or an existing
 ``.pth``) without MXNet or Caffe, renames to our backbone keys and writes a plain state dict that
-``torch.load(weights_only=True)`` reads. When the networks are importable, the keys are compared
-with the backbone's (``fc8`` and ``num_batches_tracked`` ignored, as PSA loads with
+``torch.load(weights_only=True)`` reads. The keys are compared with the backbone's (``fc8`` and ``num_batches_tracked`` ignored, as PSA loads with
 ``strict=False``) and the differences reported by name.
 """
 
@@ -17,6 +16,7 @@ import torch
 from affinitynet import artifacts
 from affinitynet.config import ConvertWeightsConfig
 from affinitynet.errors import InputError
+from affinitynet.models import build_classifier
 from affinitynet.weights import load_weights
 
 __all__ = ["ConvertWeightsConfig", "run"]
@@ -31,12 +31,8 @@ def _is_head(key: str) -> bool:
 
 
 def _backbone_shapes(arch: str | None) -> dict[str, tuple[int, ...]] | None:
-    """Backbone key -> shape of our network, or None when the models are not available."""
+    """Backbone key -> shape of our network of ``arch``, or None for an unknown backbone."""
     if arch is None:
-        return None
-    try:
-        from affinitynet.models import build_classifier  # heavy and optional: import lazily
-    except ImportError:
         return None
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
         state = build_classifier(arch).state_dict()
@@ -48,7 +44,7 @@ def run(cfg: ConvertWeightsConfig) -> dict[str, Any]:
 
     Returns ``{"output", "num_tensors", "backbone", "missing", "unexpected", "mismatched"}``;
     the last three list backbone keys absent from the file, file keys the backbone lacks, and
-    keys whose shapes differ (all empty when the models cannot be imported).
+    keys whose shapes differ (all empty when the file's backbone is unknown).
     """
     if not cfg.input:
         raise InputError("convert-weights: no input weight file given")

@@ -25,9 +25,6 @@ from affinitynet.errors import InputError
 from affinitynet.inference import load_segmenter
 from affinitynet.models import main_scores
 
-FORMATS = ("onnx", "torchscript")
-
-
 class ImageToProbabilities(nn.Module):
     """A segmentation network with its input normalisation, upsampling and softmax:
     image (B, 3, H, W) float RGB 0..255 -> probabilities (B, classes + 1, H, W)."""
@@ -47,25 +44,31 @@ class ImageToProbabilities(nn.Module):
         return scores.softmax(dim=1)
 
 
+def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    dims = {"image": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=16, max=8192),
+                      3: torch.export.Dim("width", min=16, max=8192)}}
+    program = torch.onnx.export(model, (example,), dynamic_shapes=dims, input_names=["image"],
+                                output_names=["probabilities"], dynamo=True, verbose=False)
+    program.save(str(path))
+
+
+def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    torch.jit.trace(model, example, check_trace=False).save(str(path))  # traced: the shapes stay symbolic
+
+
+#: export.format -> the writer (config.EXPORT_FORMATS names these)
+EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript}
+
+
 def run(cfg: ExportConfig) -> dict[str, Any]:
-    if cfg.format not in FORMATS:
-        raise InputError(f"export: unknown format {cfg.format!r}; choose one of {', '.join(FORMATS)}")
     if not cfg.weights or not cfg.out:
         raise InputError("export: give the network (--weights WORKDIR_OR_PTH) and the output file (--out FILE)")
     segmenter = load_segmenter(cfg.weights, "cpu", SegmentConfig(channels_last=False))  # a plain NCHW graph
-    model = ImageToProbabilities(segmenter.net, segmenter.normalization).eval()
-    example = torch.rand(1, 3, 96, 128) * 255
+    model = ImageToProbabilities(segmenter.net.net, segmenter.normalization).eval()
     out = Path(cfg.out)
     with artifacts.atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' notes on their own internals
-        if cfg.format == "onnx":
-            dims = {"image": {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=16, max=8192),
-                              3: torch.export.Dim("width", min=16, max=8192)}}
-            program = torch.onnx.export(model, (example,), dynamic_shapes=dims, input_names=["image"],
-                                        output_names=["probabilities"], dynamo=True, verbose=False)
-            program.save(str(tmp))
-        else:  # traced: the shapes stay symbolic, so any size runs
-            torch.jit.trace(model, example, check_trace=False).save(str(tmp))
+        EXPORTERS[cfg.format](model, torch.rand(1, 3, 96, 128) * 255, tmp)
     info = {"format": cfg.format, "classes": segmenter.classes, "normalization": segmenter.normalization,
             "input": "image: float32 (B, 3, H, W), RGB 0..255", "output": "probabilities: float32 (B, classes + 1, H, W), "
             "background first"}

@@ -16,37 +16,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.crf import confident_labels, crf_with_background
+from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
-from affinitynet.algorithms.resize import resize_label, resize_maps
-from affinitynet.common import announce_sizes, infer_names, open_dataset, report, todo, working_image
-from affinitynet.config import AffLabelsConfig, RunConfig
+from affinitynet.config import RunConfig
+from affinitynet.console import announce_sizes, print_diagnostics
 from affinitynet.data.images import save_label_png
-from affinitynet.diagnostics import confident_regions, confident_warnings
+from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
+from affinitynet.diagnostics import cam_coverage, confident_regions, confident_warnings
 from affinitynet.evaluation import confident_label_scores, names_with_gt
+from affinitynet.inference import confident_label_map, crf_scores
 from affinitynet.parallel import map_in_processes, usable_cores
-
-
-def crf_scores(image: np.ndarray, maps: np.ndarray, settings: AffLabelsConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The dense-CRF scores of one image for the low and the high alpha (paper Sec. 3.2): each
-    (k+1, H, W) float32, background first. ``image`` (H, W, 3) uint8; ``maps`` (k, H, W) its CAMs."""
-    return (crf_with_background(image, maps, settings.low_alpha, settings.crf_iterations),
-            crf_with_background(image, maps, settings.high_alpha, settings.crf_iterations))
-
-
-def confident_label_map(image: np.ndarray, keys: np.ndarray, maps: np.ndarray,
-                        settings: AffLabelsConfig) -> np.ndarray:
-    """Confident labels of one image at full resolution (paper Sec. 3.2): (H, W) uint8, 0
-    background, class index + 1 foreground, 255 unsure. Objects are trusted where the CRF with
-    the *low* alpha (strong background score) still finds them, background where the CRF with
-    the *high* alpha (weak background score) still finds it.
-
-    ``image`` (H, W, 3) uint8; ``keys`` (k,) and ``maps`` (k, H, W) the image's CAMs.
-    """
-    return confident_labels(*crf_scores(image, maps, settings), keys=keys)
+from affinitynet.per_image import todo
 
 
 @dataclass(frozen=True)
@@ -56,16 +37,13 @@ class LabelJob:
     cfg: RunConfig
 
     def __call__(self, name: str) -> str:
-        voc = open_dataset(self.cfg)
+        voc = open_dataset(self.cfg.dataset)
         wd = WorkDir(self.cfg.workdir)
-        image = voc.load_image(name)
-        keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        # the CRF's kernels are in pixels: it runs at the working size, where AffinityNet trains;
-        # the full-resolution labels come back to the native size
-        work = working_image(image, self.cfg.dataset.long_side)
-        low, high = crf_scores(work, resize_maps(maps, work.shape[:2]), self.cfg.aff_labels)
-        label = confident_labels(low, high, keys=keys)
-        save_label_png(wd.png(wd.aff_labels, name), resize_label(label, image.shape[:2]))
+        image = WorkImage(voc.load_image(name), self.cfg.dataset.long_side)
+        keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
+        # the CRF's kernels are in pixels: it runs at the working size, where AffinityNet trains
+        low, high = crf_scores(image, maps, self.cfg.aff_labels)
+        save_label_png(wd.png(wd.aff_labels, name), confident_label_map(image, keys, low, high))
         artifacts.save_crf_scores(wd.crf_file(name), keys, low, high)  # last: marks the image done
         return name
 
@@ -81,9 +59,9 @@ def process_count(requested: int) -> int:
 def run(cfg: RunConfig) -> dict[str, Any]:
     wd = WorkDir(cfg.workdir)
     distributed.setup(cfg.device)
-    voc = open_dataset(cfg)
-    names = infer_names(cfg, voc)
-    announce_sizes(cfg, voc, names, "make-aff-labels", "the dense CRF runs at that size")
+    voc = open_dataset(cfg.dataset)
+    names = inference_names(cfg.dataset, voc)
+    announce_sizes(cfg.dataset, voc, names, "make-aff-labels", "the dense CRF runs at that size")
     pending = todo(names, wd.crf_file, [wd.crf, wd.aff_labels])
     processes = min(process_count(cfg.aff_labels.processes), max(1, len(pending)))
     t0 = time.time()
@@ -94,11 +72,20 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"images": len(pending), "seconds": seconds, "processes": processes,
                               "images_per_second": len(pending) / seconds if seconds > 0 and pending else None}
     if distributed.current().is_main:
-        result.update(confident_label_scores(wd.aff_labels, voc, names_with_gt(voc, cfg.dataset.eval_split),
-                                             cam_pred_dir=wd.cam_pred))
-        diag = confident_regions(wd.aff_labels, names, voc.classes)
-        result.update(diagnostics=diag, warnings=confident_warnings(diag))
-        report("make-aff-labels", f"confident background {diag['background']['mean']:.0f} %, objects "
-               f"{diag['objects']['mean']:.0f} %, unsure {diag['unsure']['mean']:.0f} % of the pixels on average",
-               result["warnings"])
+        result.update(evaluate_confident_labels(cfg, voc, names))
+    return result
+
+
+def evaluate_confident_labels(cfg: RunConfig, voc: VOCDataset, names: list[str]) -> dict[str, Any]:
+    """Precision and coverage of the confident labels on the evaluation split (where it has
+    ground truth), and the confident-region diagnostics with their warnings."""
+    wd = WorkDir(cfg.workdir)
+    result = confident_label_scores(wd.aff_labels, voc, names_with_gt(voc, cfg.dataset.eval_split),
+                                    cam_pred_dir=wd.cam_pred)
+    diag = confident_regions(wd.aff_labels, names, voc.classes)
+    cams = cam_coverage(wd.cam_file, voc, names, cfg.make_cam.bg_score)
+    result.update(diagnostics=diag, warnings=confident_warnings(diag, cams))
+    print_diagnostics("make-aff-labels", f"confident background {diag['background']['mean']:.0f} %, objects "
+                      f"{diag['objects']['mean']:.0f} %, unsure {diag['unsure']['mean']:.0f} % of the pixels on average",
+                      result["warnings"])
     return result

@@ -25,12 +25,12 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from affinitynet import artifacts, distributed
-from affinitynet.common import Decoded
-from affinitynet.config import PredictConfig, SegmentConfig
+from affinitynet.config import PredictConfig
 from affinitynet.data.images import load_rgb, save_label_png
 from affinitynet.data.palette import colorize, VOC_COLORMAP
 from affinitynet.errors import AffinityNetError, InputError
 from affinitynet.inference import load_segmenter
+from affinitynet.per_image import Decoded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -87,13 +87,12 @@ def run(cfg: PredictConfig) -> dict[str, Any]:
     if not paths:
         raise InputError(f"predict: no image found in {', '.join(cfg.inputs) or 'the inputs'}")
     _, device = distributed.setup(cfg.device)
-    settings = SegmentConfig(scales=cfg.scales, flip=cfg.flip, crf=cfg.crf, crf_iterations=cfg.crf_iterations)
-    segmenter = load_segmenter(cfg.weights, device, settings, None if cfg.long_side < 0 else cfg.long_side)
+    segmenter = load_segmenter(cfg.weights, device, cfg.segment, None if cfg.long_side < 0 else cfg.long_side)
     out, names = Path(cfg.out), output_names(paths)
     out.mkdir(parents=True, exist_ok=True)
     artifacts.write_lines(out / "classes.txt", segmenter.classes)
     load = functools.partial(load_rgb, exif_transpose=cfg.exif_transpose)
-    loader = torch.utils.data.DataLoader(Decoded(paths, load), batch_size=None, num_workers=cfg.num_workers)
+    loader = torch.utils.data.DataLoader(Decoded(paths, load), batch_size=None, num_workers=cfg.segment.num_workers)
     t0, failed, batches = time.time(), [], defaultdict(list)
 
     def flush(size: tuple[int, int]) -> None:

@@ -3,7 +3,7 @@ image links, semantic ground truth); the rules are in ``affinitynet.data.prepare
 
 from __future__ import annotations
 
-from affinitynet.config import PrepareCOCOConfig, validate
+from affinitynet.config import PrepareCOCOConfig
 from affinitynet.data.prepare_coco import prepare_coco
 from affinitynet.errors import InputError
 
@@ -12,7 +12,6 @@ def run(cfg: PrepareCOCOConfig) -> dict:
     """Prepare ``cfg.coco_root`` into ``cfg.out`` (default: the COCO root)."""
     if not cfg.coco_root:
         raise InputError("prepare-coco: no COCO folder given (--coco-root)")
-    validate(cfg)  # processes within its range
     summary = prepare_coco(cfg.coco_root, cfg.out or None, processes=cfg.processes)
     links = summary["links"]
     made = ", ".join(f"{n} {kind}s" for kind, n in links.items() if n and kind != "kept") or "none new"

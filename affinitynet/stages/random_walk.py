@@ -13,52 +13,57 @@ from typing import Any
 import numpy as np
 
 from affinitynet import artifacts, distributed
-from affinitynet.algorithms.resize import scaled_size
+from affinitynet.algorithms.pairs import min_image_size
+from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import (announce_sizes, backbone_of, check_image_size, for_each_image, inference_net,
-                                infer_names, load_trained, open_dataset, report, working_scale)
 from affinitynet.config import RunConfig
-from affinitynet.conventions import STRIDE
+from affinitynet.console import announce_sizes, print_diagnostics
 from affinitynet.data.images import save_label_png
-from affinitynet.diagnostics import walk_growth, walk_warnings
+from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
+from affinitynet.diagnostics import confident_regions, walk_growth, walk_warnings
 from affinitynet.evaluation import evaluate_folder, names_with_gt
-from affinitynet.inference import pseudo_label_of_image
+from affinitynet.inference import load_trained, prepare, pseudo_label, walk_input
 from affinitynet.models import build_affinity_net
+from affinitynet.per_image import check_image_size, for_each_image
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    rc = cfg.random_walk
+    rc, long_side = cfg.random_walk, cfg.dataset.long_side
     _, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
-    voc = open_dataset(cfg)
-    net = load_trained(build_affinity_net(backbone_of(cfg, cfg.train_aff)), wd.affinity.final, "AffinityNet")
-    inference_net(net, device, rc.channels_last)
+    voc = open_dataset(cfg.dataset)
+    net = load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)), wd.affinity.final, "AffinityNet")
+    affinity_net = prepare(net, device, rc.channels_last)
 
-    # the image's stride-8 grid must hold one pair of every offset (pairs.from_region)
-    min_size = (STRIDE * (rc.radius - 1) + 1, STRIDE * (2 * rc.radius - 2) + 1)
-
-    def one_image(name: str, image: np.ndarray, label: np.ndarray) -> None:
-        keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        factor = working_scale(cfg.dataset.long_side, image.shape[:2])
-        check_image_size(voc, name, scaled_size(image.shape[:2], factor), min_size,
-                         f"the random walk with radius {rc.radius}",
-                         hint=f"at its working size (dataset.long_side {cfg.dataset.long_side})" if factor != 1
+    def one_image(name: str, native: np.ndarray, label: np.ndarray) -> None:
+        image = WorkImage(native, long_side)
+        keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
+        check_image_size(voc, name, image.size, min_image_size(rc.radius), f"the random walk with radius {rc.radius}",
+                         hint=f"at its working size (dataset.long_side {long_side})" if image.factor != 1
                          else "set dataset.long_side to work at a larger size")
-        label = pseudo_label_of_image(net, image, keys, maps, rc, cfg.dataset.long_side, voc.num_classes, device,
-                                      rc.channels_last)
+        label = pseudo_label(image, keys, walk_input(affinity_net, image, maps, rc.radius), rc)
         save_label_png(wd.png(wd.pseudo_labels, name), label)
 
-    names = infer_names(cfg, voc)
-    announce_sizes(cfg, voc, names, "random-walk", "AffinityNet and the walk run at that size")
+    names = inference_names(cfg.dataset, voc)
+    announce_sizes(cfg.dataset, voc, names, "random-walk", "AffinityNet and the walk run at that size")
     result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels], one_image,
-                            num_workers=2, desc="random-walk")
+                            num_workers=rc.num_workers, desc="random-walk")
     if distributed.current().is_main:
-        scored = names_with_gt(voc, cfg.dataset.eval_split)
-        if scored:
-            result.update(evaluate_folder(wd.pseudo_labels, voc, scored))
-        diag = walk_growth(wd.pseudo_labels, wd.cam_pred, names, voc.classes)
-        result.update(diagnostics=diag, warnings=walk_warnings(diag))
-        report("random-walk", f"foreground {diag['coverage_before']['mean']:.0f} % of the image before the walk "
-               f"(CAM prediction), {diag['coverage_after']['mean']:.0f} % after; {diag['images_flooded']:.0f} % of "
-               "images flooded by one class", result["warnings"])
+        result.update(evaluate_pseudo_labels(cfg, voc, names))
+    return result
+
+
+def evaluate_pseudo_labels(cfg: RunConfig, voc: VOCDataset, names: list[str]) -> dict[str, Any]:
+    """The pseudo labels' scores on the evaluation split (where it has ground truth), and the
+    walk's diagnostics with their warnings."""
+    wd, result = WorkDir(cfg.workdir), {}
+    scored = names_with_gt(voc, cfg.dataset.eval_split)
+    if scored:
+        result.update(evaluate_folder(wd.pseudo_labels, voc, scored))
+    diag = walk_growth(wd.pseudo_labels, wd.cam_pred, names, voc.classes)
+    confident = confident_regions(wd.aff_labels, names, voc.classes) if wd.aff_labels.is_dir() else None
+    result.update(diagnostics=diag, warnings=walk_warnings(diag, confident))
+    print_diagnostics("random-walk", f"foreground {diag['coverage_before']['mean']:.0f} % of the image before the "
+                      f"walk (CAM prediction), {diag['coverage_after']['mean']:.0f} % after; "
+                      f"{diag['images_flooded']:.0f} % of images flooded by one class", result["warnings"])
     return result

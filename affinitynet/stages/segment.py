@@ -15,12 +15,14 @@ import numpy as np
 
 from affinitynet import distributed
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import announce_sizes, backbone_of, for_each_image, load_trained, open_dataset
 from affinitynet.config import RunConfig
+from affinitynet.console import announce_sizes
 from affinitynet.data.images import save_label_png
+from affinitynet.data.voc import open_dataset
 from affinitynet.evaluation import evaluate_folder, names_with_gt
-from affinitynet.inference import Segmenter
+from affinitynet.inference import Segmenter, load_trained, prepare
 from affinitynet.models import build_segmentation_model
+from affinitynet.per_image import for_each_image
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -28,16 +30,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     split = sc.split or cfg.dataset.val_split
     _, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
-    voc = open_dataset(cfg)
-    net = build_segmentation_model(ts.model, backbone_of(cfg, ts), voc.num_classes, ts.aux_loss)
+    voc = open_dataset(cfg.dataset)
+    net = build_segmentation_model(ts.model, cfg.backbone_of(ts), voc.num_classes, ts.aux_loss)
     load_trained(net, wd.segmentation.final, "segmentation network")
-    segmenter = Segmenter(net, voc.classes, net.normalization, device, sc, cfg.dataset.long_side, sc.channels_last)
+    segmenter = Segmenter(prepare(net, device, sc.channels_last), voc.classes, sc, cfg.dataset.long_side)
 
     def one_image(name: str, image: np.ndarray, label: np.ndarray) -> None:
         save_label_png(wd.png(wd.seg_pred, name), segmenter(image))
 
     names = voc.split(split)
-    announce_sizes(cfg, voc, names, "segment", f"scales {', '.join(map(str, sc.scales))} of that size")
+    announce_sizes(cfg.dataset, voc, names, "segment", f"scales {', '.join(map(str, sc.scales))} of that size")
     result = for_each_image(voc, names, lambda n: wd.png(wd.seg_pred, n), [wd.seg_pred], one_image,
                             num_workers=sc.num_workers, desc="segment")
     result["split"] = split

@@ -19,10 +19,10 @@ import torch
 from affinitynet import distributed, training
 from affinitynet.algorithms.affinity import affinity_from_features, affinity_labels, affinity_loss
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import announce_training_sizes, backbone_of, infer_names, initial_weights, open_dataset
 from affinitynet.config import RunConfig
+from affinitynet.console import announce_sizes, training_sizes
 from affinitynet.data.transforms import AffinityAugment
-from affinitynet.data.voc import AffinitySampleDataset
+from affinitynet.data.voc import AffinitySampleDataset, inference_names, open_dataset
 from affinitynet.models import build_affinity_net
 
 
@@ -44,13 +44,13 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     ta = cfg.train_aff
     _, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
-    voc = open_dataset(cfg)
+    voc = open_dataset(cfg.dataset)
     training.seed_everything(ta.seed)  # the heads' initial weights depend on the seed only
-    net = initial_weights(build_affinity_net(backbone_of(cfg, ta)), cfg, ta)
+    net = training.initial_weights(build_affinity_net(cfg.backbone_of(ta)), cfg, ta)
     augment = AffinityAugment(ta.crop, ta.resize_long, ta.flip, ta.color_jitter, net.normalization)
-    labelled = set(infer_names(cfg, voc))  # the images make-aff-labels labelled
+    labelled = set(inference_names(cfg.dataset, voc))  # the images make-aff-labels labelled
     names = [n for n in voc.split(cfg.dataset.train_split) if n in labelled]
     train_set = AffinitySampleDataset(voc, names, wd.crf_file, augment, cfg.dataset.long_side)
-    announce_training_sizes(cfg, voc, names, "train-aff", ta)
+    announce_sizes(cfg.dataset, voc, names, "train-aff", training_sizes(ta))
     return training.fit(net, partial(affinity_net_loss, radius=ta.radius), train_set, None, ta, wd.affinity,
                         device, resume=resume, config=cfg, desc="train-aff")

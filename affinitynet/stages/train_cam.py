@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from affinitynet import distributed, training
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import announce_training_sizes, initial_weights, open_dataset
 from affinitynet.config import RunConfig
+from affinitynet.console import announce_sizes, training_sizes
 from affinitynet.data.transforms import ClassificationTransform, ResizePadTransform
-from affinitynet.data.voc import ClassificationDataset
+from affinitynet.data.voc import ClassificationDataset, open_dataset
 from affinitynet.models import build_classifier
 
 
@@ -34,13 +34,13 @@ def classification_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tenso
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     tc = cfg.train_cam
     _, device = distributed.setup(cfg.device)
-    voc = open_dataset(cfg)
+    voc = open_dataset(cfg.dataset)
     training.seed_everything(tc.seed)  # the head's initial weights depend on the seed only
-    net = initial_weights(build_classifier(tc.backbone, voc.num_classes), cfg, tc)
+    net = training.initial_weights(build_classifier(tc.backbone, voc.num_classes), cfg, tc)
     transform = ClassificationTransform(tc.crop, tc.resize_long, tc.color_jitter, net.normalization, flip=tc.flip)
     names = voc.split(cfg.dataset.train_split)
     train_set = ClassificationDataset(voc, names, transform, cfg.dataset.long_side)
-    announce_training_sizes(cfg, voc, names, "train-cam", tc)
+    announce_sizes(cfg.dataset, voc, names, "train-cam", training_sizes(tc))
     val_set = None
     if voc.has_split(cfg.dataset.val_split):  # validation loss of the whole images, resized
         val_set = ClassificationDataset(voc, voc.split(cfg.dataset.val_split),

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from affinitynet import distributed, training
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import announce_training_sizes, backbone_of, initial_weights, open_dataset
 from affinitynet.config import RunConfig
+from affinitynet.console import announce_sizes, training_sizes
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.transforms import ResizePadJointTransform, SegmentationTransform
-from affinitynet.data.voc import GroundTruthDataset, LabelMapDataset
+from affinitynet.data.voc import GroundTruthDataset, LabelMapDataset, open_dataset
 from affinitynet.errors import InputError
 from affinitynet.inference import segmentation_meta
 from affinitynet.models import AUX_LOSS_WEIGHT, build_segmentation_model
@@ -52,17 +52,17 @@ def pixel_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[s
 def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     ts = cfg.train_seg
     _, device = distributed.setup(cfg.device)
-    voc = open_dataset(cfg)
+    voc = open_dataset(cfg.dataset)
     labels = label_dir(cfg)
     if not labels.is_dir():
         raise InputError(f"{labels}: label folder does not exist (run random-walk first, or set train_seg.labels)")
     training.seed_everything(ts.seed)  # the head's initial weights depend on the seed only
-    net = initial_weights(build_segmentation_model(ts.model, backbone_of(cfg, ts), voc.num_classes, ts.aux_loss),
-                          cfg, ts)
+    net = training.initial_weights(build_segmentation_model(ts.model, cfg.backbone_of(ts), voc.num_classes,
+                                                            ts.aux_loss), cfg, ts)
     transform = SegmentationTransform(ts.crop, ts.resize_long, ts.color_jitter, net.normalization, flip=ts.flip)
     names = voc.split(cfg.dataset.train_split)
     train_set = LabelMapDataset(voc, names, labels, transform, cfg.dataset.long_side)
-    announce_training_sizes(cfg, voc, names, "train-seg", ts)
+    announce_sizes(cfg.dataset, voc, names, "train-seg", training_sizes(ts))
     val_set = None  # validation loss against the ground truth, when the val split has it
     if voc.has_split(cfg.dataset.val_split):
         val_set = GroundTruthDataset(voc, voc.split(cfg.dataset.val_split),

@@ -33,16 +33,16 @@ from tqdm import tqdm
 from affinitynet import artifacts, distributed
 from affinitynet.algorithms.cam import cam_prediction
 from affinitynet.algorithms.metrics import confusion_matrix
-from affinitynet.algorithms.crf import confident_labels, crf_with_background
 from affinitynet.algorithms.random_walk import propagate_cams_settings
-from affinitynet.algorithms.resize import resize_label, resize_maps
+from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
-from affinitynet.common import (backbone_of, image_affinity, inference_net, load_trained, open_dataset, torch_threads,
-                                working_image)
 from affinitynet.config import RunConfig
 from affinitynet.conventions import IGNORE_INDEX
+from affinitynet.data.voc import open_dataset
 from affinitynet.errors import InputError
 from affinitynet.evaluation import names_with_gt
+from affinitynet.inference import (WalkInput, confident_label_map, crf_score, load_trained, prepare, torch_threads,
+                                   walk_input)
 from affinitynet.models import build_affinity_net
 
 MIN_IMAGES = 4  # two to choose on, two to check on
@@ -50,15 +50,15 @@ MIN_IMAGES = 4  # two to choose on, two to check on
 
 @dataclass
 class Case:
-    """One image: CAMs and ground truth at the native size, the image, CAMs and AffinityNet
-    affinities at the working size (dataset.long_side), and the CRF outputs by alpha."""
+    """One image: its CAMs and ground truth at the native size, the image at both sizes, the
+    random walk's input (CAMs and AffinityNet affinities at the working size), and the CRF
+    outputs by alpha (computed once each, when a setting first needs them)."""
 
     keys: np.ndarray
     maps: np.ndarray
     gt: np.ndarray
-    work_image: np.ndarray
-    work_maps: np.ndarray
-    aff: torch.Tensor
+    image: WorkImage
+    walk: WalkInput
     crf: dict[float, np.ndarray] = field(default_factory=dict)
 
 
@@ -108,10 +108,9 @@ def _crf_scores(cases: Sequence[Case], pairs: Sequence[tuple[float, float]], ite
     scores = Scores(num_classes)
     for case in tqdm(cases, desc="tune: CRF", leave=False, dynamic_ncols=True):
         for alpha in sorted({a for pair in pairs for a in pair} - set(case.crf)):
-            case.crf[alpha] = crf_with_background(case.work_image, case.work_maps, alpha, iterations)
+            case.crf[alpha] = crf_score(case.image, case.maps, alpha, iterations)
         for low, high in pairs:
-            label = confident_labels(case.crf[low], case.crf[high], keys=case.keys)
-            scores.add((low, high), resize_label(label, case.gt.shape), case.gt)
+            scores.add((low, high), confident_label_map(case.image, case.keys, case.crf[low], case.crf[high]), case.gt)
     return scores
 
 
@@ -122,10 +121,10 @@ def _walk_scores(cases: Sequence[Case], alphas: Sequence[float], betas: Sequence
     for case in tqdm(cases, desc="tune: random walk", leave=False, dynamic_ncols=True):
         for beta in betas:
             with torch_threads(1):
-                labels = propagate_cams_settings(case.keys, case.work_maps, case.aff, list(alphas), beta, list(logts),
-                                                 radius)
+                labels = propagate_cams_settings(case.keys, case.walk.maps, case.walk.affinity.cpu(), list(alphas),
+                                                 beta, list(logts), radius)
             for (alpha, logt), label in labels.items():
-                scores.add((alpha, beta, logt), resize_label(label, case.gt.shape), case.gt)
+                scores.add((alpha, beta, logt), case.image.label_to_native(label), case.gt)
     return scores
 
 
@@ -148,16 +147,15 @@ def _table(title: str, scores: Scores, settings: Sequence[Hashable], current: Ha
 
 
 def _load_cases(cfg: RunConfig, names: list[str], device: torch.device) -> list[Case]:
-    wd, voc, radius = WorkDir(cfg.workdir), open_dataset(cfg), cfg.random_walk.radius
-    net = load_trained(build_affinity_net(backbone_of(cfg, cfg.train_aff)), wd.affinity.final, "AffinityNet")
-    inference_net(net, device, channels_last=False)
+    wd, voc = WorkDir(cfg.workdir), open_dataset(cfg.dataset)
+    net = load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)), wd.affinity.final, "AffinityNet")
+    affinity_net = prepare(net, device)
     cases = []
     for name in tqdm(names, desc="tune: affinities", leave=False, dynamic_ncols=True):
-        image = voc.load_image(name)
-        keys, maps = artifacts.load_cam(wd.cam_file(name), image.shape[:2], voc.num_classes)
-        work = working_image(image, cfg.dataset.long_side)
-        aff = image_affinity(net, work, radius, device).cpu()
-        cases.append(Case(keys, maps, voc.load_gt(name), work, resize_maps(maps, work.shape[:2]), aff))
+        image = WorkImage(voc.load_image(name), cfg.dataset.long_side)
+        keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
+        cases.append(Case(keys, maps, voc.load_gt(name), image,
+                          walk_input(affinity_net, image, maps, cfg.random_walk.radius)))
     return cases
 
 
@@ -167,7 +165,7 @@ def score_settings(cfg: RunConfig, names: list[str], settings: dict[str, dict[st
     tuned.yaml), with the run's CAMs and AffinityNet: e.g. the current against the tuned
     settings on images the search never saw."""
     _, device = distributed.setup(cfg.device)
-    cases, k = _load_cases(cfg, names, device), open_dataset(cfg).num_classes
+    cases, k = _load_cases(cfg, names, device), open_dataset(cfg.dataset).num_classes
     bg = settings["make_cam"]["bg_score"]
     crf = (settings["aff_labels"]["low_alpha"], settings["aff_labels"]["high_alpha"])
     walk = tuple(settings["random_walk"][key] for key in ("alpha", "beta", "logt"))
@@ -177,16 +175,49 @@ def score_settings(cfg: RunConfig, names: list[str], settings: dict[str, dict[st
                                  k).result((walk[0], walk[1], int(walk[2])))["miou"]}
 
 
+TITLES = {"bg": "make_cam.bg_score", "crf": "aff_labels (low_alpha, high_alpha)",
+          "walk": "random_walk (alpha, beta, logt)"}
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     t0 = time.time()
-    tc = cfg.tune
     _, device = distributed.setup(cfg.device)
     if not distributed.current().is_main:  # one process searches; the others wait
         distributed.barrier()
         return {}
-    wd, voc = WorkDir(cfg.workdir), open_dataset(cfg)
-    split = tc.split or cfg.dataset.eval_split
-    names = names_with_gt(voc, split)[:tc.images]
+    split, names = _tuning_images(cfg)
+    cases = _load_cases(cfg, names, device)
+    search, check = cases[:len(cases) // 2], cases[len(cases) // 2:]
+    current, grids = _current_and_grids(cfg)
+    searcher = _Searcher(cfg, open_dataset(cfg.dataset).num_classes)
+    on_search = searcher.scores(search, grids)
+    candidates = searcher.choose(on_search, current, grids)
+    # the other half: the current and the chosen settings only; a choice it does not confirm is undone
+    on_check = searcher.scores(check, {g: sorted({current[g], candidates[g]}) for g in grids})
+    checks = {g: {"current": on_check[g].result(current[g]), "chosen": on_check[g].result(candidates[g])}
+              for g in grids}
+    for g in grids:
+        checks[g]["confirmed"] = checks[g]["chosen"]["miou"] >= checks[g]["current"]["miou"]
+    chosen = {g: candidates[g] if checks[g]["confirmed"] else current[g] for g in grids}
+    fragment = _write_fragment(cfg, chosen, len(names), split)
+    result = {"split": split, "images": len(names), "chosen": fragment, "current": _as_sections(current),
+              "check": checks, "fragment": str(WorkDir(cfg.workdir).tune / "tuned.yaml"),
+              "search": {g: [{"setting": list(s) if isinstance(s, tuple) else s, **on_search[g].result(s)}
+                             for s in grids[g]] for g in grids},
+              "seconds": time.time() - t0}
+    artifacts.write_json(WorkDir(cfg.workdir).tune / "tune.json", result)
+    print("\n".join(_summary(on_search, checks, grids, current, candidates, len(search), len(check), split)))
+    print(f"tuned settings written to {result['fragment']} ({result['seconds']:.0f} s)")
+    distributed.barrier()
+    return result
+
+
+def _tuning_images(cfg: RunConfig) -> tuple[str, list[str]]:
+    """(split, the images tune scores): the first ``tune.images`` with ground truth; an
+    InputError when there are too few or their CAMs are missing."""
+    wd, voc = WorkDir(cfg.workdir), open_dataset(cfg.dataset)
+    split = cfg.tune.split or cfg.dataset.eval_split
+    names = names_with_gt(voc, split)[:cfg.tune.images]
     if len(names) < MIN_IMAGES:
         raise InputError(f"{voc.split_path(split)}: tune needs images with ground truth (SegmentationClass/), "
                          f"split '{split}' has {len(names)} (at least {MIN_IMAGES}; set tune.split)")
@@ -194,67 +225,72 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if missing:
         raise InputError(f"{wd.cam_file(missing[0])}: CAMs of {len(missing)} tuning images do not exist "
                          f"(run make-cam with '{split}' among dataset.infer_splits or as dataset.eval_split)")
-    cases = _load_cases(cfg, names, device)
-    search, check = cases[:len(cases) // 2], cases[len(cases) // 2:]
-    k = voc.num_classes
-    ac, rc = cfg.aff_labels, cfg.random_walk
+    return split, names
+
+
+def _current_and_grids(cfg: RunConfig) -> tuple[dict[str, Any], dict[str, list]]:
+    """The run's settings of each group and the settings searched (the current one among them)."""
+    tc, ac, rc = cfg.tune, cfg.aff_labels, cfg.random_walk
     current = {"bg": cfg.make_cam.bg_score, "crf": (ac.low_alpha, ac.high_alpha), "walk": (rc.alpha, rc.beta, rc.logt)}
     grids = {"bg": _with(tc.bg_scores, current["bg"]),
              "crf": _with([(lo, hi) for lo in tc.low_alphas for hi in tc.high_alphas if lo < hi], current["crf"]),
              "walk": [(a, b, t) for a in _with(tc.alphas, rc.alpha) for b in _with(tc.betas, rc.beta)
                       for t in _with(tc.logts, rc.logt)]}
+    return current, grids
 
-    def searched(part: Sequence[Case], settings: dict[str, list]) -> dict[str, Scores]:
+
+@dataclass(frozen=True)
+class _Searcher:
+    """Scores every group's settings on a set of images, and chooses among them."""
+
+    cfg: RunConfig
+    num_classes: int
+
+    def scores(self, part: Sequence[Case], settings: dict[str, list]) -> dict[str, Scores]:
+        k, rc = self.num_classes, self.cfg.random_walk
         return {"bg": _bg_scores(part, settings["bg"], k),
-                "crf": _crf_scores(part, settings["crf"], ac.crf_iterations, k),
+                "crf": _crf_scores(part, settings["crf"], self.cfg.aff_labels.crf_iterations, k),
                 "walk": _walk_scores(part, sorted({a for a, _, _ in settings["walk"]}),
                                      sorted({b for _, b, _ in settings["walk"]}),
                                      sorted({t for _, _, t in settings["walk"]}), rc.radius, k)}
 
-    on_search = searched(search, grids)
-    floor = on_search["crf"].result(current["crf"])["precision"] - 1.0
-    chosen = {
-        "bg": _choose({s: on_search["bg"].result(s) for s in grids["bg"]}, current["bg"], tc.margin),
-        "crf": _choose({s: on_search["crf"].result(s) for s in grids["crf"]}, current["crf"], tc.margin,
-                       eligible=lambda r: r["precision"] >= floor),
-        "walk": _choose({s: on_search["walk"].result(s) for s in grids["walk"]}, current["walk"], tc.margin),
-    }
-    # the other half: the current and the chosen settings only; a choice it does not confirm is undone
-    on_check = searched(check, {g: sorted({current[g], chosen[g]}) for g in grids})
-    checks = {g: {"current": on_check[g].result(current[g]), "chosen": on_check[g].result(chosen[g])}
-              for g in grids}
-    candidates = dict(chosen)
-    for g in grids:
-        checks[g]["confirmed"] = checks[g]["chosen"]["miou"] >= checks[g]["current"]["miou"]
-        if not checks[g]["confirmed"]:
-            chosen[g] = current[g]
+    def choose(self, on_search: dict[str, Scores], current: dict[str, Any], grids: dict[str, list]) -> dict[str, Any]:
+        """Each group's best setting when it beats the current one by ``tune.margin``; the CRF
+        alphas only among pairs at most a point less precise than the current pair."""
+        margin = self.cfg.tune.margin
+        floor = on_search["crf"].result(current["crf"])["precision"] - 1.0
+        return {"bg": _choose({s: on_search["bg"].result(s) for s in grids["bg"]}, current["bg"], margin),
+                "crf": _choose({s: on_search["crf"].result(s) for s in grids["crf"]}, current["crf"], margin,
+                               eligible=lambda r: r["precision"] >= floor),
+                "walk": _choose({s: on_search["walk"].result(s) for s in grids["walk"]}, current["walk"], margin)}
 
-    titles = {"bg": "make_cam.bg_score", "crf": "aff_labels (low_alpha, high_alpha)",
-              "walk": "random_walk (alpha, beta, logt)"}
-    lines = [f"tune: {len(search)} images to choose on, {len(check)} to check on (split '{split}')"]
+
+def _as_sections(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The groups' settings as config sections (what tuned.yaml holds)."""
+    return {"make_cam": {"bg_score": float(settings["bg"])},
+            "aff_labels": {"low_alpha": float(settings["crf"][0]), "high_alpha": float(settings["crf"][1])},
+            "random_walk": {"alpha": float(settings["walk"][0]), "beta": float(settings["walk"][1]),
+                            "logt": int(settings["walk"][2])}}
+
+
+def _write_fragment(cfg: RunConfig, chosen: dict[str, Any], images: int, split: str) -> dict[str, Any]:
+    """``tune/tuned.yaml``: the chosen settings as a config fragment; returns it."""
+    path = WorkDir(cfg.workdir).tune / "tuned.yaml"
+    fragment = _as_sections(chosen)
+    header = (f"# written by `affinitynet tune` from {images} images of '{split}'; use after the run's config:\n"
+              f"#   affinitynet run --config RUN.yaml --config {path}\n")
+    artifacts.write_bytes(path, (header + yaml.safe_dump(fragment, sort_keys=False)).encode())
+    return fragment
+
+
+def _summary(on_search: dict[str, Scores], checks: dict[str, dict], grids: dict[str, list], current: dict[str, Any],
+             candidates: dict[str, Any], n_search: int, n_check: int, split: str) -> list[str]:
+    """The printed tables: per group its best settings on the search half, then the check."""
+    lines = [f"tune: {n_search} images to choose on, {n_check} to check on (split '{split}')"]
     for g in grids:
-        lines += ["", *_table(f"{titles[g]}, {len(search)} search images", on_search[g], grids[g], current[g],
+        lines += ["", *_table(f"{TITLES[g]}, {n_search} search images", on_search[g], grids[g], current[g],
                               candidates[g])]
         verdict = "kept" if checks[g]["confirmed"] else "not confirmed: the current setting stays"
-        lines.append(f"check on {len(check)} other images: current {checks[g]['current']['miou']:.1f} -> chosen "
+        lines.append(f"check on {n_check} other images: current {checks[g]['current']['miou']:.1f} -> chosen "
                      f"{checks[g]['chosen']['miou']:.1f} mIoU ({verdict})")
-    fragment = {"make_cam": {"bg_score": float(chosen["bg"])},
-                "aff_labels": {"low_alpha": float(chosen["crf"][0]), "high_alpha": float(chosen["crf"][1])},
-                "random_walk": {"alpha": float(chosen["walk"][0]), "beta": float(chosen["walk"][1]),
-                                "logt": int(chosen["walk"][2])}}
-    header = (f"# written by `affinitynet tune` from {len(names)} images of '{split}'; use after the run's config:\n"
-              f"#   affinitynet run --config RUN.yaml --config {wd.tune / 'tuned.yaml'}\n")
-    artifacts.write_bytes(wd.tune / "tuned.yaml", (header + yaml.safe_dump(fragment, sort_keys=False)).encode())
-    result = {"split": split, "images": len(names), "chosen": fragment,
-              "current": {"make_cam": {"bg_score": current["bg"]},
-                          "aff_labels": dict(zip(("low_alpha", "high_alpha"), current["crf"])),
-                          "random_walk": dict(zip(("alpha", "beta", "logt"), current["walk"]))},
-              "check": checks, "fragment": str(wd.tune / "tuned.yaml"),
-              "search": {g: [{"setting": list(s) if isinstance(s, tuple) else s, **on_search[g].result(s)}
-                             for s in grids[g]] for g in grids},
-              "seconds": time.time() - t0}
-    artifacts.write_json(wd.tune / "tune.json", result)
-    print("\n".join(lines))
-    print(f"tuned settings written to {wd.tune / 'tuned.yaml'} ({result['seconds']:.0f} s)")
-    distributed.barrier()
-    return result
+    return lines

@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts: the machine line, markdown table headers, CUDA
 synchronisation and the ``--quick`` thread setting.
 
-The scripts import this as ``_common`` after putting their own folder on ``sys.path``, so it
+The scripts import this as ``_bench`` after putting their own folder on ``sys.path``, so it
 works both for ``python benchmarks/x.py`` and for loading a script by file path (the smoke tests).
 """
 
