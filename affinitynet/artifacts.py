@@ -2,7 +2,7 @@
 
 Layout of a work folder (``RunConfig.workdir``)::
 
-    config.yaml                     final config of the last run
+    config.yaml                     the config of the last finished `affinitynet run`
     metrics.json                    evaluation summary of `affinitynet run`
     classifier/                     stage 1: checkpoint.pt (resumable), final.pth, log.jsonl
     cam/<image>.npz                 stage 2a: CAMs (format below)
@@ -17,6 +17,8 @@ Layout of a work folder (``RunConfig.workdir``)::
     vis/                            pictures of CAMs and labels
     report/                         `affinitynet report`: index.html, charts/*.png, gallery/*.png
     tune/                           `affinitynet tune`: tuned.yaml (a config fragment), tune.json
+    records/<stage>.json            what made each stage's outputs (records.py): settings, inputs, version
+    superseded/<stage>-<fingerprint>/  outputs of other settings, set aside (safe to delete)
 
 CAM file format (``.npz``, no pickles), version 1:
 ``version`` int (1), ``keys`` int64 (k,) class indices present in the image (ascending),
@@ -160,6 +162,15 @@ class WorkDir:
         return getattr(self, STAGE_BY_NAME[stage].folder)
 
     @property
+    def superseded(self) -> Path:
+        """Where outputs of other settings are set aside (``records.py``)."""
+        return self.root / "superseded"
+
+    def record(self, stage: str) -> Path:
+        """What made a stage's outputs (``records.py``)."""
+        return self.root / "records" / f"{stage}.json"
+
+    @property
     def vis(self) -> Path:
         return self.root / "vis"
 
@@ -230,6 +241,16 @@ def write_json(path: str | Path, obj: Any) -> None:
     that occurs nowhere) become null; numpy numbers and arrays, tuples and paths are converted."""
     text = json.dumps(_json_safe(obj), indent=2, allow_nan=False, default=_json_default)
     write_bytes(path, (text + "\n").encode())
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """``metrics.json`` as a dict: {} when it is missing or not a readable JSON object (it is
+    rewritten whole by the next stage that finishes)."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def _json_safe(v: Any) -> Any:
@@ -352,6 +373,129 @@ def load_cam(
     if keys.size and (keys.min() < 0 or keys.max() >= ncls):
         raise InputError(f"{path}: CAM class indices {keys.tolist()} outside 0..{ncls - 1}")
     return keys, maps
+
+
+# ----------------------------------------------------------------------------------------------
+# CAMs in other toolkits' formats (``import-cams``, ``export-labels``)
+# ----------------------------------------------------------------------------------------------
+#: format -> the suffix of its per-image files (config.CAM_EXCHANGE_FORMATS names the same)
+EXCHANGE_SUFFIX: dict[str, str] = {"psa": ".npy", "irn": ".npy", "npz": ".npz"}
+#: formats whose files are Python pickles: reading one can run code
+PICKLED_FORMATS = ("psa", "irn")
+
+
+@dataclass(frozen=True)
+class ExchangedCams:
+    """The CAMs of one image as another toolkit stored them."""
+
+    keys: np.ndarray  # (k,) int64 object-class indices (0 = the first object class)
+    maps: np.ndarray  # (k, h, w) float32, as stored
+    stride: int = 0  # 0: at the image size; 4: IRN's stride-4 ``cam`` (the file has no ``high_res``)
+
+
+def read_exchange_cams(path: str | Path, fmt: str, trust_pickle: bool = False) -> ExchangedCams:
+    """One image's CAMs in format ``fmt``:
+
+    - ``psa``: ``np.save`` of a dict {class index: (H, W) map} (PSA's ``infer_cls.py``, SEAM,
+      MCTformer);
+    - ``irn``: ``np.save`` of a dict {"keys": (k,) class indices, "cam": (k, ceil(H/4), ceil(W/4)),
+      "high_res": (k, H, W)}, arrays or torch tensors (IRN's ``make_cam.py``, ReCAM, AMN, CLIMS);
+      ``high_res`` is used when present, else ``cam`` (``stride`` 4);
+    - ``npz``: an ``.npz`` with ``keys`` (k,) and ``maps`` (k, H, W) (our CAM files are such
+      files); read without pickles.
+
+    The first two are pickles and are read only with ``trust_pickle``. Raises InputError naming
+    the file when it cannot be read or does not hold what the format says.
+    """
+    path = Path(path)
+    if fmt == "npz":
+        return _read_npz_cams(path)
+    if not trust_pickle:
+        raise InputError(f"{path}: {fmt} CAM files are Python pickles, and reading a pickle can run any code it "
+                         "holds; pass --trust-pickle if you trust where they come from (or write them as npz)")
+    try:
+        stored = np.load(path, allow_pickle=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises anything; each is "not readable"
+        raise InputError(f"{path}: not a readable {fmt} CAM file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not (isinstance(stored, np.ndarray) and stored.dtype == object and stored.shape == ()
+            and isinstance(stored.item(), dict)):
+        what = f"an array of shape {stored.shape}" if isinstance(stored, np.ndarray) else type(stored).__name__
+        raise InputError(f"{path}: holds {what}, not the dict of a {fmt} CAM file")
+    content = stored.item()
+    try:
+        return _psa_cams(content) if fmt == "psa" else _irn_cams(content)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a CAM file of the {fmt} format ({exc.args[0] if exc.args else exc})") from None
+
+
+def _read_npz_cams(path: Path) -> ExchangedCams:
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not an .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("keys", "maps") if k not in z.files]
+            if missing:
+                raise InputError(f"{path}: has no {' or '.join(missing)} array (it holds {', '.join(z.files)})")
+            return ExchangedCams(np.asarray(z["keys"]).astype(np.int64).reshape(-1), _float_maps(z["maps"]))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{path}: not a readable npz CAM file ({str(exc).splitlines()[0]})") from None
+
+
+def _numpy(value: Any) -> np.ndarray:
+    """An array from a numpy array or a (CPU) torch tensor, without importing torch."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _float_maps(value: Any) -> np.ndarray:
+    maps = _numpy(value)
+    if maps.dtype.kind not in "fiub":
+        raise ValueError(f"maps of type {maps.dtype}")
+    return maps.astype(np.float32)
+
+
+def _psa_cams(content: dict) -> ExchangedCams:
+    if not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in content):
+        raise ValueError(f"keys {list(content)[:5]} are not class indices")
+    keys = np.array(sorted(int(k) for k in content), np.int64)
+    maps = [_float_maps(content[k]) for k in sorted(content)]
+    if len({m.shape for m in maps}) > 1 or any(m.ndim != 2 for m in maps):
+        raise ValueError(f"maps of shapes {sorted({m.shape for m in maps})}, expected one (H, W)")
+    return ExchangedCams(keys, np.stack(maps) if maps else np.zeros((0, 0, 0), np.float32))
+
+
+def _irn_cams(content: dict) -> ExchangedCams:
+    if "keys" not in content or not ({"high_res", "cam"} & set(content)):
+        raise KeyError(f"it has {sorted(map(str, content))}; expected keys and high_res or cam")
+    keys = _numpy(content["keys"]).astype(np.int64).reshape(-1)
+    if "high_res" in content:
+        return ExchangedCams(keys, _float_maps(content["high_res"]))
+    return ExchangedCams(keys, _float_maps(content["cam"]), stride=4)
+
+
+def write_exchange_cams(path: str | Path, fmt: str, keys: np.ndarray, maps: np.ndarray,
+                        strided: np.ndarray | None = None) -> None:
+    """Write one image's CAMs (keys (k,), maps (k, H, W) in [0, 1]) in format ``fmt`` as the
+    other toolkit writes them (``read_exchange_cams``); ``irn`` also needs ``strided``, the
+    stride-4 ``cam`` (k, ceil(H/4), ceil(W/4)), stored as a torch tensor as IRN does."""
+    keys, maps = np.asarray(keys, np.int64), np.asarray(maps, np.float32)
+    if fmt == "npz":
+        write_bytes(path, npz_bytes({"keys": keys, "maps": maps}))
+        return
+    if fmt == "psa":
+        content: dict[Any, Any] = {int(k): m for k, m in zip(keys, maps)}
+    else:
+        import torch
+
+        if strided is None:
+            raise ValueError("the irn format needs the stride-4 cam")
+        content = {"keys": torch.from_numpy(keys), "cam": torch.from_numpy(np.asarray(strided, np.float32)),
+                   "high_res": maps}
+    buf = io.BytesIO()
+    np.save(buf, content, allow_pickle=True)
+    write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------

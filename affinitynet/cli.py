@@ -15,7 +15,8 @@ from typing import Any
 from affinitynet import config as C
 from affinitynet import pipeline
 from affinitynet.errors import AffinityNetError
-from affinitynet.stages import convert_weights, evaluate, export, predict, prepare_coco, prepare_voc, synth, tune
+from affinitynet.stages import (convert_weights, evaluate, export, export_labels, predict, prepare_coco, prepare_voc,
+                                synth, tune)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -27,6 +28,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="work folder (config key workdir)")
     p.add_argument("--dataset", help="dataset root in VOC layout (config key dataset.root)")
     p.add_argument("--device", help="auto, cpu, cuda (config key device)")
+    p.add_argument("--redo", action="append", default=[], metavar="STAGE",
+                   help="redo this stage (e.g. random_walk) even if its outputs were made with these settings; the "
+                        "stages after it follow (config key redo; repeatable)")
+    p.add_argument("--refuse-changes", action="store_true",
+                   help="stop with an error, instead of redoing them, where outputs were made with other settings "
+                        "(config key changed: refuse)")
 
 
 def _run_config(args: argparse.Namespace) -> C.RunConfig:
@@ -37,6 +44,10 @@ def _run_config(args: argparse.Namespace) -> C.RunConfig:
         flags["dataset"] = {"root": args.dataset}
     if args.device:
         flags["device"] = args.device
+    if args.redo:
+        flags["redo"] = [r.replace("-", "_") for r in args.redo]
+    if args.refuse_changes:
+        flags["changed"] = "refuse"
     return C.load_config(C.RunConfig, args.config, [_alias(s) for s in args.set], values=flags)
 
 
@@ -84,13 +95,19 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
 
 def _pipeline_commands(sub: argparse._SubParsersAction) -> None:
     for stage in pipeline.STAGES:
-        p = sub.add_parser(stage.info.cli, help=stage.info.help)
-        _add_run_options(p)
-        if stage.info.trains:
-            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        _add_run_options(sub.add_parser(stage.info.cli, help=stage.info.help))
     for name, help_text in (("run", "the whole pipeline from one YAML config"),
                             ("tune", "search bg score, CRF alphas and walk settings on images with ground truth")):
         _add_run_options(sub.add_parser(name, help=help_text))
+    p = sub.add_parser("import-cams", help="another method's CAMs (psa, irn or npz files) as this work folder's "
+                                           "CAMs; `run` then continues from make-aff-labels")
+    _add_run_options(p)
+    p.add_argument("--from", dest="source", required=True, metavar="DIR", help="folder of <image>.npy / .npz files")
+    p.add_argument("--format", required=True, choices=C.CAM_EXCHANGE_FORMATS,
+                   help="psa: {class index: map} .npy (PSA, SEAM, MCTformer); irn: {keys, cam, high_res} .npy (IRN, "
+                        "ReCAM, AMN, CLIMS); npz: keys + maps arrays, no pickle")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read psa / irn files, which are Python pickles and can run code: only for files you trust")
     p = sub.add_parser("demo", help="synthetic data + whole pipeline with the CPU recipe (configs/demo.yaml)")
     p.add_argument("--workdir", default="work/demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -121,6 +138,14 @@ def _use_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=C.PredictConfig.device)
     p.add_argument("--exif-transpose", action="store_true",
                    help="turn images upright by their EXIF orientation (default: the stored pixel grid)")
+    p = sub.add_parser("export-labels", help="a work folder's label maps and CAMs where other toolkits read them")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="folder for labels/<image>.png, cams/<image>.npy|npz, classes.txt")
+    p.add_argument("--labels", default=C.ExportLabelsConfig.labels, choices=(*C.LABEL_STAGES, "none"),
+                   help="whose label maps (default: the random walk's pseudo labels)")
+    p.add_argument("--png", default=C.ExportLabelsConfig.png, choices=("palette", "gray"),
+                   help="gray: plain index PNGs, as PSA and IRN write them")
+    p.add_argument("--cams", default="none", choices=(*C.CAM_EXCHANGE_FORMATS, "none"), help="also the CAMs, in this format")
     p = sub.add_parser("export", help="a trained segmentation network as ONNX or TorchScript")
     p.add_argument("--weights", required=True, help="a work folder or train-seg's final.pth")
     p.add_argument("--out", required=True, help="the file to write (e.g. seg.onnx)")
@@ -163,6 +188,9 @@ _COMMANDS: dict[str, tuple[type, Callable[[Any], Any], Callable[[argparse.Namesp
         "batch_size": a.batch_size, "device": a.device, "exif_transpose": a.exif_transpose,
         "segment": {"scales": a.scales, "flip": a.flip, "crf": a.crf, "num_workers": a.workers}}),
     "export": (C.ExportConfig, export.run, lambda a: {"weights": a.weights, "out": a.out, "format": a.format}),
+    "export-labels": (C.ExportLabelsConfig, export_labels.run, lambda a: {
+        "workdir": a.workdir, "out": a.out, "labels": "" if a.labels == "none" else a.labels, "png": a.png,
+        "cams": "" if a.cams == "none" else a.cams}),
 }
 
 
@@ -173,6 +201,10 @@ def _dispatch(args: argparse.Namespace) -> Any:
         return run(C.load_config(cls, values=values(args)))
     if cmd == "run":
         return pipeline.run(_run_config(args))
+    if cmd == "import-cams":
+        spec = C.load_config(C.ImportCamsConfig, values={"source": args.source, "format": args.format,
+                                                         "trust_pickle": args.trust_pickle})
+        return pipeline.import_cams(_run_config(args), spec)
     if cmd == "tune":
         return tune.run(_run_config(args))
     if cmd == "report":
@@ -185,7 +217,7 @@ def _dispatch(args: argparse.Namespace) -> Any:
         return pipeline.demo(workdir=args.workdir, sets=[_alias(s) for s in args.set], device=args.device,
                              data={"family": args.family})
     stage = next(s for s in pipeline.STAGES if s.info.cli == cmd)
-    return stage.run(_run_config(args), resume=getattr(args, "resume", False))
+    return pipeline.run_one(stage, _run_config(args))
 
 
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}

@@ -22,6 +22,7 @@ import yaml
 
 from affinitynet.algorithms.pairs import min_image_size
 from affinitynet.errors import ConfigError
+from affinitynet.stage_table import RECORDED_BY_NAME
 
 #: recipes that ship with the package (``configs/`` in the repository): ``--config demo`` works
 #: from anywhere
@@ -47,6 +48,10 @@ SEGMENTATION_MODEL_NAMES: tuple[str, ...] = ("largefov", "deeplabv2", "deeplabv3
 SYNTHETIC_FAMILIES: tuple[str, ...] = ("shapes", "clutter")
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 WALK_METHODS: tuple[str, ...] = ("sparse", "dense")  # dense: the original's, for checking
+# CAM files of other toolkits (import-cams, export-labels): affinitynet.artifacts.EXCHANGE_SUFFIX
+CAM_EXCHANGE_FORMATS: tuple[str, ...] = ("psa", "irn", "npz")
+# the stages whose label maps export-labels writes (their label folders in the stage table)
+LABEL_STAGES: tuple[str, ...] = tuple(s for s, info in RECORDED_BY_NAME.items() if not info.trains and s != "tune")
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,6 +114,28 @@ class ExportConfig:
     weights: str = ""  # a work folder or train-seg's final.pth
     out: str = ""
     format: str = one_of("onnx", EXPORT_FORMATS)
+
+
+@dataclass(frozen=True)
+class ImportCamsConfig:
+    """``affinitynet import-cams``: another method's CAMs become a work folder's make-cam
+    outputs (with the run's config for the dataset and the work folder)."""
+
+    source: str = ""  # folder of one file per image: <image>.npy (psa, irn) or <image>.npz (npz)
+    format: str = one_of("npz", CAM_EXCHANGE_FORMATS)
+    trust_pickle: bool = False  # psa and irn files are pickles, which can run code: read them only when trusted
+
+
+@dataclass(frozen=True)
+class ExportLabelsConfig:
+    """``affinitynet export-labels``: a work folder's label maps and CAMs where other toolkits
+    read them."""
+
+    workdir: str = ""
+    out: str = ""
+    labels: str = one_of("random_walk", ("", *LABEL_STAGES))  # whose label maps ("" = none)
+    png: str = one_of("palette", ("palette", "gray"))  # gray: plain index PNGs, as PSA and IRN write them
+    cams: str = one_of("", ("", *CAM_EXCHANGE_FORMATS))  # the CAMs in this format ("" = none)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,6 +314,10 @@ class RunConfig:
 
     workdir: str = "work/run"
     device: str = "auto"  # auto = cuda when available
+    # outputs made with other settings (records.py): "redo" sets them aside and makes them again,
+    # "refuse" stops with an error naming the changed settings (to keep them)
+    changed: str = one_of("redo", ("redo", "refuse"))
+    redo: tuple[str, ...] = ()  # stages to redo even with unchanged settings (and, so, those after them)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
     make_cam: MakeCamConfig = field(default_factory=MakeCamConfig)
@@ -389,6 +420,8 @@ def _check_rules(cfg: Any, prefix: str) -> None:
         if cfg.crop < least:
             raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
                               f"need at least {least}")
+    if isinstance(cfg, RunConfig) and set(cfg.redo) - set(RECORDED_BY_NAME):
+        raise ConfigError(f"config key 'redo' = {list(cfg.redo)}: name stages among {', '.join(RECORDED_BY_NAME)}")
     if isinstance(cfg, TrainSegConfig) and cfg.aux_loss and not cfg.model.startswith("deeplabv3"):
         raise ConfigError(f"config key '{prefix}aux_loss': only the deeplabv3_* models have an auxiliary head")
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from affinitynet import artifacts
-from affinitynet.algorithms.cam import multiscale_cam
+from affinitynet import artifacts, records
+from affinitynet.algorithms.cam import conform_cams, multiscale_cam
 from affinitynet.algorithms.crf import confident_labels, crf_with_background, dense_crf
 from affinitynet.algorithms.random_walk import propagate_cams
 from affinitynet.algorithms.resize import WorkImage
 from affinitynet.algorithms.segmentation import multiscale_probabilities, probabilities_to_label
-from affinitynet.config import AffLabelsConfig, MakeCamConfig, RandomWalkConfig, RunConfig, SegmentConfig, load_config
+from affinitynet.config import AffLabelsConfig, MakeCamConfig, RandomWalkConfig, RunConfig, SegmentConfig
 from affinitynet.conventions import STRIDE
 from affinitynet.data.images import to_rgb
 from affinitynet.data.transforms import normalize
@@ -272,21 +272,28 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu", setting
 
 
 def run_config(workdir: str | Path) -> RunConfig | None:
-    """The config a work folder's run wrote, with ``workdir`` as its work folder, or None."""
-    path = artifacts.WorkDir(workdir).config
-    return load_config(RunConfig, path, values={"workdir": str(workdir)}) if path.is_file() else None
+    """The settings a work folder's outputs were made with (``records.recorded_config``), or
+    None for a folder that has neither records nor a config."""
+    wd = artifacts.WorkDir(workdir)
+    if not wd.config.is_file() and not records.recorded_stages(workdir):
+        return None
+    return records.recorded_config(workdir)
 
 
 class PseudoLabeler:
     """A run's classifier and AffinityNet with the run's settings: CAMs and a random-walk
     pseudo label of an image given its class names (the paper's pseudo labels for images with
-    image-level tags). Load with ``load_pseudo_labeler(workdir)``."""
+    image-level tags), or given its CAMs from elsewhere (as ``import-cams`` takes them). Load
+    with ``load_pseudo_labeler(workdir)``; a work folder of imported CAMs has no classifier, so
+    there the CAMs must be given."""
 
     def __init__(self, cfg: RunConfig, classes: Sequence[str], device: torch.device) -> None:
         wd = artifacts.WorkDir(cfg.workdir)
         self.cfg, self.classes = cfg, list(classes)
-        self.classifier = prepare(load_trained(build_classifier(cfg.train_cam.backbone, len(classes)),
-                                               wd.classifier.final, "classifier"), device)
+        self.classifier = None
+        if wd.classifier.final.exists() or not wd.cam.is_dir():
+            self.classifier = prepare(load_trained(build_classifier(cfg.train_cam.backbone, len(classes)),
+                                                   wd.classifier.final, "classifier"), device)
         self.affinity_net = prepare(load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)),
                                                  wd.affinity.final, "AffinityNet"), device)
 
@@ -301,20 +308,41 @@ class PseudoLabeler:
 
     def cams(self, image: np.ndarray | Image.Image, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """make-cam's CAMs: (keys (k,) class indices, maps (k, H, W) in [0, 1])."""
+        if self.classifier is None:
+            raise InputError(f"{self.cfg.workdir}: its CAMs were imported, so it has no classifier to make CAMs; "
+                             "give them: pseudo_label(image, class_names, cams=maps)")
         work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
         return cams_of_image(self.classifier, work, self.label_vector(class_names), self.cfg.make_cam)
 
-    def pseudo_label(self, image: np.ndarray | Image.Image, class_names: Sequence[str]) -> np.ndarray:
-        """random-walk's pseudo label: (H, W) uint8, 0 background, c + 1 class c."""
+    def pseudo_label(self, image: np.ndarray | Image.Image, class_names: Sequence[str],
+                     cams: np.ndarray | None = None) -> np.ndarray:
+        """random-walk's pseudo label: (H, W) uint8, 0 background, c + 1 class c. ``cams``: the
+        image's CAMs from elsewhere instead of the classifier's, (k, H, W) one map per name of
+        ``class_names`` in that order, at the image size; maps not in [0, 1] are normalised as
+        ``import-cams`` does (``algorithms.cam.conform_cams``)."""
         work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
-        keys, maps = cams_of_image(self.classifier, work, self.label_vector(class_names), self.cfg.make_cam)
+        if cams is None:
+            keys, maps = self.cams(image, class_names)
+        else:
+            keys, maps = self._given_cams(class_names, cams, work.native_size)
         start = walk_input(self.affinity_net, work, maps, self.cfg.random_walk.radius)
         return pseudo_label(work, keys, start, self.cfg.random_walk)
+
+
+    def _given_cams(self, class_names: Sequence[str], cams: np.ndarray,
+                    size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(keys ascending, maps in [0, 1]) of CAMs given in the order of ``class_names``."""
+        index = np.flatnonzero(self.label_vector(class_names))
+        names_order = np.array([self.classes.index(n) for n in dict.fromkeys(class_names)])
+        maps = conform_cams(np.asarray(cams), size).maps
+        if len(maps) != len(names_order):
+            raise ValueError(f"{len(maps)} CAMs for {len(names_order)} class names")
+        return index, maps[np.argsort(names_order)]
 
 
 def load_pseudo_labeler(workdir: str | Path, device: str | torch.device = "cpu") -> PseudoLabeler:
     """The classifier and AffinityNet a run trained, with the settings of its config.yaml."""
     cfg = run_config(workdir)
     if cfg is None:
-        raise InputError(f"{artifacts.WorkDir(workdir).config}: not a work folder of `affinitynet run` (no config.yaml)")
+        raise InputError(f"{workdir}: not a work folder of `affinitynet run` (no records, no config.yaml)")
     return PseudoLabeler(cfg, open_dataset(cfg.dataset).classes, torch.device(device))

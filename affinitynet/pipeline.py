@@ -1,10 +1,10 @@
-"""The whole pipeline: orders the stages, skips finished ones, writes ``metrics.json``.
+"""The whole pipeline: orders the stages and writes ``metrics.json``.
 
 ``STAGES`` pairs each row of the stage table (``stage_table.STAGE_TABLE``: names, titles,
 folders) with the module that runs it; the command line and ``run`` both read it. To add a
-stage: write ``stages/<name>.py`` with ``run(cfg)`` (``run(cfg, resume)`` if it trains), its
-config section in ``config.py``, its output path in ``artifacts.WorkDir``, one row in the stage
-table and its module here.
+stage: write ``stages/<name>.py`` with ``run(cfg)`` (starting with ``records.start``, or
+``training.start`` if it trains), its config section in ``config.py``, its output path in
+``artifacts.WorkDir``, one row in the stage table and its module here.
 
 ``run(cfg)`` is ``affinitynet run``; ``demo()`` is ``affinitynet demo``: the synthetic dataset
 and the recipe ``configs/demo.yaml``, then a table CAM vs random walk vs the segmentation
@@ -13,13 +13,14 @@ network trained on the random walk's labels.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from affinitynet import artifacts, config as C, distributed
+from affinitynet import artifacts, config as C, distributed, records
 from affinitynet.artifacts import WorkDir
 from affinitynet.console import print_run_warnings
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset, size_profile
@@ -27,6 +28,7 @@ from affinitynet.evaluation import evaluate_folder
 from affinitynet.stage_table import NOT_METRICS, STAGE_BY_NAME, STAGE_TABLE, StageInfo
 from affinitynet.stages import (make_aff_labels, make_cam, predict, random_walk, segment, synth, train_aff,
                                 train_cam, train_seg)
+from affinitynet.stages import import_cams as import_cams_stage
 
 _MODULES: dict[str, ModuleType] = {"train_cam": train_cam, "make_cam": make_cam, "aff_labels": make_aff_labels,
                                    "train_aff": train_aff, "random_walk": random_walk, "train_seg": train_seg,
@@ -35,51 +37,83 @@ _MODULES: dict[str, ModuleType] = {"train_cam": train_cam, "make_cam": make_cam,
 
 @dataclass(frozen=True)
 class Stage:
-    """A row of the stage table and the module that runs it (``run(cfg) -> dict``, or
-    ``run(cfg, resume) -> dict`` when it trains)."""
+    """A row of the stage table and the module that runs it (``run(cfg) -> dict``)."""
 
     info: StageInfo
     module: ModuleType
 
-    def run(self, cfg: C.RunConfig, resume: bool = False) -> dict[str, Any]:
-        return self.module.run(cfg, resume=resume) if self.info.trains else self.module.run(cfg)
+    def run(self, cfg: C.RunConfig) -> dict[str, Any]:
+        return self.module.run(cfg)
 
 
 STAGES: tuple[Stage, ...] = tuple(Stage(info, _MODULES[info.name]) for info in STAGE_TABLE)
+
+
+def run_one(stage: Stage, cfg: C.RunConfig) -> dict[str, Any]:
+    """One stage on its own (``affinitynet random-walk`` ...): its scores and fingerprint go
+    into metrics.json; then names the stages whose outputs were made from other outputs of it
+    (``run`` redoes them)."""
+    t0 = time.time()
+    result = stage.run(cfg)
+    _after_one(cfg, stage.info, result, time.time() - t0)
+    return result
+
+
+def import_cams(cfg: C.RunConfig, spec: C.ImportCamsConfig) -> dict[str, Any]:
+    """``affinitynet import-cams``: another method's CAMs as make-cam's outputs
+    (``stages/import_cams.py``); their scores go into metrics.json as make-cam's."""
+    t0 = time.time()
+    result = import_cams_stage.run(cfg, spec)
+    _after_one(cfg, STAGE_BY_NAME["make_cam"], result, time.time() - t0)
+    return result
+
+
+def _after_one(cfg: C.RunConfig, info: StageInfo, result: dict[str, Any], seconds: float) -> None:
+    if distributed.current().is_main:
+        _keep_result(WorkDir(cfg.workdir), info, result, seconds)
+        behind = [name for name, inputs in records.behind(records.recorded_stages(cfg.workdir)).items()
+                  if info.name in inputs]
+        if behind:
+            print(f"{', '.join(behind)}: made from earlier outputs of {info.name}; `affinitynet run` "
+                  "(or each stage's command) redoes them")
+
+
+def _keep_result(wd: WorkDir, info: StageInfo, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Merge one stage's scores, fingerprint and time into metrics.json; returns all of it."""
+    metrics = artifacts.read_metrics(wd.metrics)
+    if info.evaluates:
+        metrics[info.name] = {k: v for k, v in result.items() if k not in NOT_METRICS}
+    metrics.setdefault("fingerprints", {})[info.name] = result.get("fingerprint")
+    metrics.setdefault("seconds", {})[info.name] = seconds
+    artifacts.write_json(wd.metrics, metrics)
+    return metrics
 
 
 DEMO_DATA = {"train": 200, "val": 50, "seed": 0, "family": "shapes"}
 
 
 def run(cfg: C.RunConfig) -> dict[str, Any]:
-    """Run every stage in order; finished training stages are skipped, interrupted ones resume,
-    per-image stages skip finished images. Returns (and writes) the metrics; then writes the
-    pictures (``vis/``) and the HTML report (``report/index.html``)."""
+    """Run every stage in order. Each compares its record with the config (``records.py``):
+    outputs of these settings are kept (finished training stages are skipped, interrupted ones
+    resume, per-image stages skip finished images), outputs of other settings are redone. Prints
+    one line per stage; returns (and writes) the metrics, with each stage's fingerprint; then
+    writes ``config.yaml``, the pictures (``vis/``) and the HTML report (``report/index.html``)."""
     wd = WorkDir(cfg.workdir)
     d, _ = distributed.setup(cfg.device)
-    if d.is_main:
-        wd.root.mkdir(parents=True, exist_ok=True)
-        artifacts.write_bytes(wd.config, C.dump_yaml(cfg).encode())
     metrics: dict[str, Any] = {}
-    times: dict[str, float] = {}
     for stage in STAGES:
         t0 = time.time()
-        final = wd.training(stage.info.name).final if stage.info.trains else None
-        if final is not None and final.exists():
-            if d.is_main:
-                print(f"[{stage.info.name}] done already ({final}), skipped")
-            result: dict[str, Any] = {}
-        else:
-            result = stage.run(cfg, resume=True)
-        times[stage.info.name] = time.time() - t0
-        if stage.info.evaluates:
-            metrics[stage.info.name] = {k: v for k, v in result.items() if k not in NOT_METRICS}
+        result = stage.run(cfg)
+        if d.is_main:  # written as each stage ends: a run stopped later keeps the scores so far
+            metrics = _keep_result(wd, stage.info, result, time.time() - t0)
     voc = open_dataset(cfg.dataset)
-    metrics.update(seconds=times, eval_split=cfg.dataset.eval_split,
+    metrics.update(eval_split=cfg.dataset.eval_split,
                    dataset={**size_profile(voc, inference_names(cfg.dataset, voc)),
                             "working_long_side": cfg.dataset.long_side})
     if d.is_main:
         artifacts.write_json(wd.metrics, metrics)
+        # the settings every output now has (without this run's one-off requests)
+        artifacts.write_bytes(wd.config, C.dump_yaml(dataclasses.replace(cfg, redo=(), changed="redo")).encode())
         save_pictures(cfg)
         from affinitynet import report  # matplotlib: loaded here, not with the CLI
 

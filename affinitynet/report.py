@@ -28,7 +28,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from affinitynet import artifacts, config as C, visualize
+from affinitynet import artifacts, config as C, records, visualize
 from affinitynet.algorithms.metrics import confusion_matrix, mean_iou
 from affinitynet.artifacts import ReportFolder, WorkDir
 from affinitynet.conventions import IGNORE_INDEX
@@ -37,7 +37,7 @@ from affinitynet.data.palette import VOC_COLORMAP
 from affinitynet.data.voc import VOCDataset, open_dataset
 from affinitynet.diagnostics import THRESHOLD_GAP, sweep_summary, threshold_gap
 from affinitynet.errors import AffinityNetError, InputError
-from affinitynet.stage_table import STAGE_BY_NAME, STAGE_TABLE
+from affinitynet.stage_table import RECORDED_BY_NAME, STAGE_BY_NAME, STAGE_TABLE
 from affinitynet.visualize import Theme
 
 GALLERY_IMAGES = 24  # default number of gallery images
@@ -57,6 +57,7 @@ class _Report:
     metrics: dict[str, Any] | None = None
     cfg: C.RunConfig | None = None
     voc: VOCDataset | None = None
+    made_in: Path | None = None  # the work folder where the run was made (config.yaml), if elsewhere now
     notes: list[str] = field(default_factory=list)  # why a part of the page is missing
     written: set[Path] = field(default_factory=set)
 
@@ -98,7 +99,7 @@ def write_report(workdir: str | Path, images: int = GALLERY_IMAGES, seed: int = 
 def _read_metrics(r: _Report) -> dict[str, Any] | None:
     path = r.wd.metrics
     if not path.is_file():
-        r.notes.append(f"No {path.name} yet (it is written when `affinitynet run` finishes): no scores.")
+        r.notes.append(f"No {path.name} yet (each stage writes its scores there when it finishes): no scores.")
         return None
     try:
         metrics = json.loads(path.read_text())
@@ -112,12 +113,15 @@ def _read_metrics(r: _Report) -> dict[str, Any] | None:
 
 
 def _read_config(r: _Report) -> C.RunConfig | None:
+    """The settings the folder's outputs were made with (their records over config.yaml)."""
     path = r.wd.config
-    if not path.is_file():
-        r.notes.append(f"No {path.name}: the dataset is unknown, so there is no gallery.")
+    if not path.is_file() and not records.recorded_stages(r.wd.root):
+        r.notes.append(f"No {path.name} and no records: the dataset is unknown, so there is no gallery.")
         return None
     try:
-        return C.load_config(C.RunConfig, path)
+        if path.is_file():
+            r.made_in = Path(C.load_config(C.RunConfig, path).workdir)
+        return records.recorded_config(r.wd.root)
     except AffinityNetError as exc:
         r.notes.append(f"{path} could not be read as a config ({exc}): no gallery.")
         return None
@@ -131,7 +135,7 @@ def _dataset(r: _Report) -> VOCDataset | None:
     root = Path(r.cfg.dataset.root)
     settings = r.cfg.dataset
     try:
-        inside = root.relative_to(Path(r.cfg.workdir))
+        inside = root.relative_to(r.made_in or r.wd.root)
         if (r.wd.root / inside).is_dir():
             settings = dataclasses.replace(settings, root=str(r.wd.root / inside))
             r.cfg = dataclasses.replace(r.cfg, dataset=settings)
@@ -326,12 +330,44 @@ def _run_facts(r: _Report) -> str:
                      f'<tr class="total"><th>total</th><td>{_duration(total)}</td></tr></tbody></table>')
     else:
         parts.append('<p class="note">No stage times yet (metrics.json).</p>')
+    parts.append(_records(r))
     if r.wd.config.is_file():
         text = r.wd.config.read_text(errors="replace")
-        parts.append(f"<details><summary>config.yaml ({len(text.splitlines())} lines)</summary>"
-                     f"<pre>{esc(text)}</pre></details>")
+        parts.append(f"<details><summary>config.yaml of the last finished run ({len(text.splitlines())} lines)"
+                     f"</summary><pre>{esc(text)}</pre></details>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _records(r: _Report) -> str:
+    """What made each stage's outputs: its fingerprint and the settings of its record."""
+    found = records.recorded_stages(r.wd.root)
+    if not found:
+        return '<p class="note">No records of what made the outputs (records/).</p>'
+    rows, behind = [], records.behind(found)
+    for stage, record in found.items():
+        if isinstance(record, str):
+            rows.append(f"<tr><th>{esc(stage)}</th><td class=\"text\">–</td><td class=\"text\">{esc(record)}</td>"
+                        "<td class=\"text\">not usable: the next run redoes it</td></tr>")
+            continue
+        section = RECORDED_BY_NAME[stage].section
+        settings = (f"given: {record.given}" if record.given else
+                    "; ".join(f"{k} {v}" for k, v in _leaves(record.settings.get(section, {}) | record.derived)))
+        state = (f"made from earlier outputs of {', '.join(behind[stage])}: the next run redoes it"
+                 if stage in behind else "current")
+        rows.append(f"<tr><th>{esc(stage)}</th><td class=\"text\"><code>{esc(record.fingerprint)}</code></td>"
+                    f"<td class=\"text\">{esc(settings)}</td><td class=\"text\">{esc(state)}</td></tr>")
+    return ('<h3>What made the outputs</h3><div class="wrap"><table class="records"><thead><tr><th>stage</th>'
+            '<th class="text">fingerprint</th><th class="text">settings (records/)</th><th class="text">state</th>'
+            f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 # -- gallery -----------------------------------------------------------------------------------

@@ -19,11 +19,26 @@ class StageInfo:
     name: str  # config section, metrics key: e.g. "random_walk"
     title: str  # in pictures, tables and the report: e.g. "random walk"
     help: str  # one line for ``affinitynet --help``
-    trains: bool  # a training stage (``run(cfg, resume)``, a ``artifacts.TrainingFolder``)
-    folder: str  # its output: the ``artifacts.WorkDir`` attribute (a training folder or a label folder)
+    trains: bool  # a training stage (its output is an ``artifacts.TrainingFolder``)
+    folder: str  # its main output: the ``artifacts.WorkDir`` attribute (a training folder or a label folder)
     evaluates: bool = False  # its result holds scores on the evaluation split (metrics.json)
     command: str = ""  # the CLI command, when not the name with hyphens
     label: str = ""  # what its label maps are called in pictures, when not its title
+    # what its record (``records.py``) holds and compares:
+    reads: tuple[str, ...] = ()  # the stages whose outputs it reads
+    outputs: tuple[str, ...] = ()  # every output folder (WorkDir attributes); default: ``folder``
+    derived: tuple[str, ...] = ()  # settings of its section that change only ``derived_outputs``
+    derived_outputs: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # settings of its section that change no output (e.g. which split)
+
+    @property
+    def section(self) -> str:
+        """Its config section."""
+        return self.name
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return self.outputs or (self.folder,)
 
     @property
     def cli(self) -> str:
@@ -37,19 +52,27 @@ class StageInfo:
 STAGE_TABLE: tuple[StageInfo, ...] = (
     StageInfo("train_cam", "classifier", "stage 1: train the multi-label classifier", True, "classifier"),
     StageInfo("make_cam", "CAM", "stage 2a: multi-scale CAMs (+ CAM prediction and evaluation)", False, "cam_pred",
-              evaluates=True, label="CAM prediction"),
+              evaluates=True, label="CAM prediction", reads=("train_cam",), outputs=("cam", "cam_pred"),
+              derived=("bg_score", "save_pred"), derived_outputs=("cam_pred",), ignored=("sweep",)),
     StageInfo("aff_labels", "confident labels (CRF)", "stage 2b: dense-CRF confident labels for AffinityNet", False,
-              "aff_labels", evaluates=True, command="make-aff-labels", label="confident (CRF)"),
-    StageInfo("train_aff", "AffinityNet", "stage 3: train AffinityNet", True, "affinity"),
+              "aff_labels", evaluates=True, command="make-aff-labels", label="confident (CRF)", reads=("make_cam",),
+              outputs=("crf", "aff_labels")),
+    StageInfo("train_aff", "AffinityNet", "stage 3: train AffinityNet", True, "affinity",
+              reads=("train_cam", "aff_labels")),
     StageInfo("random_walk", "random walk", "stage 4: random walk -> pseudo labels (+ evaluation)", False,
-              "pseudo_labels", evaluates=True),
+              "pseudo_labels", evaluates=True, reads=("make_cam", "train_aff")),
     StageInfo("train_seg", "segmentation net", "stage 5a: train the segmentation network on the pseudo labels", True,
-              "segmentation"),
+              "segmentation", reads=("train_cam", "random_walk")),
     StageInfo("segment", "segmentation net", "stage 5b: segment a split with it (+ evaluation)", False, "seg_pred",
-              evaluates=True),
+              evaluates=True, reads=("train_seg",), ignored=("split",)),
 )
 
 STAGE_BY_NAME: dict[str, StageInfo] = {s.name: s for s in STAGE_TABLE}
 
+#: ``affinitynet tune``: not a pipeline stage, but its outputs have a record too
+TUNE = StageInfo("tune", "tune", "search bg score, CRF alphas and walk settings on images with ground truth", False,
+                 "tune", reads=("make_cam", "aff_labels", "train_aff", "random_walk"))
+RECORDED_BY_NAME: dict[str, StageInfo] = {**STAGE_BY_NAME, "tune": TUNE}
+
 #: what a stage's result holds beyond its scores (kept out of metrics.json)
-NOT_METRICS = ("confusion", "class_names", "images", "seconds", "history", "final", "steps")
+NOT_METRICS = ("confusion", "class_names", "images", "seconds", "history", "final", "steps", "status")

@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from affinitynet import artifacts, distributed
-from affinitynet.artifacts import TrainingFolder
+from affinitynet import artifacts, distributed, records
+from affinitynet.artifacts import TrainingFolder, WorkDir
 from affinitynet.config import RunConfig, TrainingConfig, to_dict
 from affinitynet.errors import AffinityNetError, InputError
 from affinitynet.inference import load_backbone_weights
@@ -323,6 +323,17 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, ctx: StepContext, batch_s
     total = distributed.all_reduce_sum(total.to(ctx.device) if ctx.device.type == "cuda" else total).cpu()
     model.train()
     return float(total[0] / max(total[1], 1))
+
+
+def start(cfg: RunConfig, stage: str) -> tuple[records.Start, dict[str, Any] | None]:
+    """A training stage's comparison with its record (``records.start``): the decision, and
+    the stage's result when its network is there already (trained with these settings, or
+    given) and nothing is to be trained."""
+    decision = records.start(cfg, stage)
+    final = WorkDir(cfg.workdir).training(stage).final
+    if decision.status == "given" or (decision.status == "continued" and final.exists()):
+        return decision, {"final": str(final), **records.outcome(decision, stage, 0)}
+    return decision, None
 
 
 def initial_weights(net: torch.nn.Module, cfg: RunConfig, section: TrainingConfig) -> torch.nn.Module:

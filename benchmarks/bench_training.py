@@ -52,10 +52,9 @@ def cpu_stage(stage: str, cfg, workers: int, epochs: int) -> dict:
     section = "train_cam" if stage == "train-cam" else "train_aff"
     sc = dataclasses.replace(getattr(cfg, section), num_workers=workers, epochs=epochs)
     cfg = dataclasses.replace(cfg, **{section: sc})
-    out = wd.classifier if stage == "train-cam" else wd.affinity
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(wd.training(section).root, ignore_errors=True)  # from scratch (its record stays: the same settings)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = (train_cam if stage == "train-cam" else train_aff).run(cfg, resume=False)
+        result = (train_cam if stage == "train-cam" else train_aff).run(cfg)
     last = result["history"][-1]
     steps = result["steps"] // epochs
     return {"ips": steps * sc.batch_size / last["seconds"], "epoch_s": last["seconds"],

@@ -46,3 +46,10 @@ def tiny_sets(*, cam_epochs: int, crf_iterations: int, logt: int) -> list[str]:
         "aff_labels.processes=1", f"aff_labels.crf_iterations={crf_iterations}",
         f"random_walk.logt={logt}",
     ]
+
+
+#: the whole pipeline at its smallest: one epoch of every training stage on tiny crops
+TINY_RUN = tiny_sets(cam_epochs=1, crf_iterations=1, logt=2) + [
+    "train_aff.epochs=1", "train_aff.batch_size=2", "train_aff.crop=72", "train_aff.num_workers=0",
+    "train_seg.epochs=1", "train_seg.batch_size=2", "train_seg.crop=64", "train_seg.resize_long=[64,96]",
+    "train_seg.num_workers=0", "segment.num_workers=0", "random_walk.num_workers=0"]

@@ -12,8 +12,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "affinitynet"
 
 # top to bottom, as in docs/ARCHITECTURE.md
-LAYERS = ["errors", "conventions", "stage_table", "algorithms", "config", "artifacts", "distributed", "parallel", "data",
-          "models", "weights", "evaluation", "diagnostics", "visualize", "console", "per_image", "report", "inference",
+LAYERS = ["errors", "conventions", "stage_table", "algorithms", "config", "artifacts", "distributed", "parallel",
+          "data", "records", "models", "weights", "evaluation", "diagnostics", "visualize", "console", "per_image", "report", "inference",
           "training", "stages", "pipeline", "api", "cli"]
 MAX_FUNCTION_LINES = 50
 

@@ -20,6 +20,7 @@ from affinitynet import artifacts
 from affinitynet.artifacts import WorkDir
 from affinitynet.cli import main
 from affinitynet.data.images import load_label_png
+from affinitynet.data.synthetic import blurred_truth_cams
 from affinitynet.data.voc import VOCDataset
 
 # the CPU recipe (configs/demo.yaml), reduced: fewer images and epochs, smaller crops
@@ -263,3 +264,21 @@ def test_readme_python_api_example_runs(pipeline_run, tmp_path, monkeypatch):
     # the API gives what the stages wrote for the same image
     assert (label == load_label_png(pipeline_run["work"] / "seg_pred" / "val_00000.png")).all()
     assert (tmp_path / "pseudo.png").is_file()
+
+
+def test_imported_cams_of_another_quality_are_refined(pipeline_run, tmp_path, capsys):
+    """import-cams with CAMs that spill over the objects (blurred ground truth), then `run`:
+    no classifier, and the random walk still improves them."""
+    voc = VOCDataset(pipeline_run["data"])
+    source = tmp_path / "cams"
+    source.mkdir()
+    for name in voc.split("train") + voc.split("val"):
+        keys, maps = blurred_truth_cams(voc, name)
+        np.savez(source / f"{name}.npz", keys=keys, maps=maps)
+    argv = list(pipeline_run["argv"][1:])
+    argv[argv.index("--workdir") + 1] = str(tmp_path / "work")
+    assert main(["import-cams", *argv, "--from", str(source), "--format", "npz"]) == 0
+    assert main(["run", *argv, "--set", "train_seg.epochs=1"]) == 0
+    m = json.loads((tmp_path / "work" / "metrics.json").read_text())
+    assert not (tmp_path / "work" / "classifier" / "final.pth").exists()
+    assert m["random_walk"]["miou"] > m["make_cam"]["miou"] + 3, (m["make_cam"]["miou"], m["random_walk"]["miou"])

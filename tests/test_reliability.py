@@ -197,8 +197,9 @@ def test_rerun_skips_finished_images(reference, tmp_path):
 
 
 def test_killed_training_resumes_to_identical_weights(reference, tmp_path):
-    """train-cam killed in epoch 2 of 2, then ``--resume``: the same weights, optimizer state and
-    log as the uninterrupted run of the reference fixture."""
+    """train-cam killed in epoch 2 of 2, then run again: it resumes (its record says the
+    checkpoint was made with these settings) to the same weights, optimizer state and log as the
+    uninterrupted run of the reference fixture."""
     work = tmp_path / "work"
     cfg_file = _config_for(reference, work)
     folder = WorkDir(work).classifier
@@ -216,7 +217,7 @@ def test_killed_training_resumes_to_identical_weights(reference, tmp_path):
     state = artifacts.load_checkpoint(ckpt)
     assert state["epoch"] == 1 and state["step"] == 4
 
-    assert main(["train-cam", "--config", str(cfg_file), "--resume"]) == 0
+    assert main(["train-cam", "--config", str(cfg_file)]) == 0
     ref_dir = reference["wd"].classifier
     want, got = artifacts.load_checkpoint(ref_dir.final), artifacts.load_checkpoint(final)
     assert sorted(got) == sorted(want)
@@ -235,9 +236,13 @@ def test_killed_training_resumes_to_identical_weights(reference, tmp_path):
 
 
 def test_resume_without_checkpoint_starts_from_scratch(reference, tmp_path, capsys):
+    """Killed before its first checkpoint: the record is there, the checkpoint is not."""
+    from affinitynet import config as C, records
+
     work = tmp_path / "work"
     cfg_file = _config_for(reference, work)
-    assert main(["train-cam", "--config", str(cfg_file), "--set", "train_cam.epochs=1", "--resume"]) == 0
+    records.start(C.load_config(C.RunConfig, cfg_file, ["train_cam.epochs=1"]), "train_cam")
+    assert main(["train-cam", "--config", str(cfg_file), "--set", "train_cam.epochs=1"]) == 0
     assert "no checkpoint" in capsys.readouterr().out
     assert artifacts.load_checkpoint(WorkDir(work).classifier.checkpoint)["epoch"] == 1
 

@@ -312,3 +312,58 @@ def best_threshold(
     for keys, maps, gt in samples:
         sweep.add(keys, maps, gt)
     return sweep.result()
+
+
+@dataclass(frozen=True)
+class ConformedCams:
+    """CAMs of another method brought to this package's form by :func:`conform_cams`."""
+
+    maps: np.ndarray  # (k, H, W) float32 in [0, 1]
+    normalised: bool  # they were not in [0, 1]: ReLU, then each map divided by (its maximum + 1e-5)
+    upsampled: bool  # they were on the stride grid: upsampled to the image
+
+
+# how far outside [0, 1] maps may stray and still count as normalised (float16 rounding)
+_RANGE_SLACK = 1e-3
+
+
+def conform_cams(maps: np.ndarray, image_hw: tuple[int, int], stride: int = 0) -> ConformedCams:
+    """Check and normalise CAMs made elsewhere (``affinitynet import-cams``).
+
+    ``maps`` (k, H, W) at the image size ``image_hw``, or with ``stride`` > 0 possibly on the
+    stride grid (ceil(H/stride), ceil(W/stride)) of IRN's ``cam``: those are upsampled bilinearly
+    by ``stride`` and cropped to H x W (as IRN crops ``high_res`` out of its upsampled grid). Maps with values
+    outside [0, 1] are normalised as PSA's ``infer_cls.py`` does: ReLU, then each class map
+    divided by (its maximum + 1e-5). Raises ValueError (one line) for another shape or size, or
+    NaN / infinite values.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise ValueError(f"maps of shape {tuple(maps.shape)}, expected (classes, height, width)")
+    if not np.isfinite(maps).all():
+        raise ValueError(f"{int((~np.isfinite(maps)).sum())} values are NaN or infinite")
+    size, upsampled = tuple(maps.shape[1:]), False
+    if size != tuple(image_hw):
+        grid = strided_size(image_hw, stride) if stride else None
+        if size != grid:
+            also = f" or the stride-{stride} grid {grid[0]}x{grid[1]}" if grid else ""
+            raise ValueError(f"maps of {size[0]}x{size[1]} px, but the image is {image_hw[0]}x{image_hw[1]}{also}")
+        up = F.interpolate(torch.from_numpy(maps)[None], scale_factor=stride, mode="bilinear", align_corners=False)
+        maps, upsampled = up[0, :, :image_hw[0], :image_hw[1]].numpy(), True
+    normalised = bool(maps.size) and (maps.min() < -_RANGE_SLACK or maps.max() > 1 + _RANGE_SLACK)
+    if normalised:
+        maps = np.maximum(maps, 0)
+        maps = maps / (maps.max(axis=(1, 2), keepdims=True) + _NORM_EPS)
+    return ConformedCams(np.clip(maps, 0, 1).astype(np.float32), normalised, upsampled)
+
+
+def strided_cams(maps: np.ndarray, stride: int) -> np.ndarray:
+    """CAMs (k, H, W) in [0, 1] on the stride grid (k, ceil(H/stride), ceil(W/stride)), for
+    IRN's ``cam`` entry (``export-labels --cams irn``): the mean over each cell, each class map
+    then divided by (its maximum + 1e-5) as IRN normalises its ``strided_cam``."""
+    maps = np.asarray(maps, np.float32)
+    grid = strided_size(tuple(maps.shape[1:]), stride)
+    pooled = F.adaptive_avg_pool2d(torch.from_numpy(maps)[None], grid)[0].numpy()
+    return pooled / (pooled.max(axis=(1, 2), keepdims=True, initial=0) + _NORM_EPS)

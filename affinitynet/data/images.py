@@ -134,8 +134,10 @@ def to_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def save_label_png(path: PathLike, label: np.ndarray) -> None:
-    """Write an (H, W) uint8 label map as a palette PNG in the VOC palette (255 -> (224,224,192))."""
+def save_label_png(path: PathLike, label: np.ndarray, palette: bool = True) -> None:
+    """Write an (H, W) uint8 label map as a palette PNG in the VOC palette (255 -> (224,224,192)),
+    or with ``palette=False`` as a plain 8-bit grey PNG of the same indices (what PSA and IRN
+    write, and what readers that turn palette PNGs into RGB need)."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
@@ -145,8 +147,9 @@ def save_label_png(path: PathLike, label: np.ndarray) -> None:
         label = label.astype(np.uint8)
     height, width = label.shape
     # The bytes are the palette indices themselves; only the colour table is added.
-    out = Image.frombytes("P", (width, height), np.ascontiguousarray(label).tobytes())
-    out.putpalette(VOC_PALETTE)
+    out = Image.frombytes("P" if palette else "L", (width, height), np.ascontiguousarray(label).tobytes())
+    if palette:
+        out.putpalette(VOC_PALETTE)
     # atomic (temporary file + rename): an interrupted stage never leaves a half-written PNG that a
     # rerun would take for a finished image
     with atomic_path(path) as tmp:

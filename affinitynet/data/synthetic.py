@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -116,3 +117,17 @@ def _write_sample(root: Path, name: str, sample: SyntheticSample, classes: list[
     Image.fromarray(sample.image).save(root / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95)
     save_label_png(root / "SegmentationClass" / f"{name}.png", sample.label)
     (root / "Annotations" / f"{name}.xml").write_text(_annotation_xml(name, sample, classes), encoding="utf-8")
+
+
+def blurred_truth_cams(voc: Any, name: str, blur: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+    """CAMs of another quality than ours, for trying ``import-cams``: each labelled class's
+    ground-truth mask blurred (Gaussian, sigma = ``blur`` x the long side) and divided by its
+    maximum; (keys (k,), maps (k, H, W) float32 in [0, 1]). Like many CAMs they spill over the
+    object's edges and fade at thin parts."""
+    from scipy.ndimage import gaussian_filter
+
+    keys = np.flatnonzero(voc.image_labels(name))
+    gt = voc.load_gt(name)
+    sigma = blur * max(gt.shape)
+    maps = np.stack([gaussian_filter((gt == k + 1).astype(np.float32), sigma) for k in keys])
+    return keys, maps / (maps.max(axis=(1, 2), keepdims=True) + 1e-5)

@@ -17,6 +17,7 @@ entry per object class (no background entry).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from affinitynet import artifacts
 from affinitynet.algorithms.resize import resize_label, working_image
 from affinitynet.config import DatasetConfig
 from affinitynet.conventions import IGNORE_INDEX
-from affinitynet.data.images import load_label_png, load_rgb, orient_like_image
+from affinitynet.data.images import exif_orientation, load_label_png, load_rgb, orient_like_image
 from affinitynet.data.transforms import AffinityAugment, normalize
 from affinitynet.errors import InputError
 
@@ -149,6 +150,15 @@ class VOCDataset:
         """Number of object classes (background not counted)."""
         return len(self.classes)
 
+    def identity(self, splits: Sequence[str] = ()) -> dict[str, Any]:
+        """What the dataset's outputs depend on, wherever it lies: its classes, a digest of its
+        labels file (or "xml" for Annotations/*.xml) and of each of ``splits``' lists."""
+        def digest(path: Path) -> str:
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent"
+
+        return {"classes": list(self.classes), "labels": digest(self.labels_file) if self.labels_file else "xml",
+                "splits": {s: digest(self.split_path(s)) for s in splits}}
+
     def split_path(self, name: str) -> Path:
         return self.root / "ImageSets" / "Segmentation" / f"{name}.txt"
 
@@ -185,6 +195,17 @@ class VOCDataset:
     def load_image(self, name: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB image (stored pixel grid, or upright with ``exif_transpose``)."""
         return load_rgb(self.image_path(name), self.exif_transpose)
+
+    def image_size(self, name: str) -> tuple[int, int]:
+        """(H, W) of image ``name`` as ``load_image`` returns it, from its header (no decoding)."""
+        path = self.image_path(name)
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except OSError as exc:
+            raise InputError(f"{path}: not a readable image ({exc})") from None
+        turned = self.exif_transpose and exif_orientation(path) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+        return (width, height) if turned else (height, width)
 
     def image_long_side(self, name: str) -> int:
         """The longer side of image ``name`` in px, from its header (no decoding); 0 when the

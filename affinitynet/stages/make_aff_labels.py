@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from affinitynet import artifacts, distributed
+from affinitynet import artifacts, distributed, records
 from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
@@ -62,6 +62,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     voc = open_dataset(cfg.dataset)
     names = inference_names(cfg.dataset, voc)
     announce_sizes(cfg.dataset, voc, names, "make-aff-labels", "the dense CRF runs at that size")
+    decision = records.start(cfg, "aff_labels")
     pending = todo(names, wd.crf_file, [wd.crf, wd.aff_labels])
     processes = min(process_count(cfg.aff_labels.processes), max(1, len(pending)))
     t0 = time.time()
@@ -70,7 +71,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     seconds = time.time() - t0
     distributed.barrier()
     result: dict[str, Any] = {"images": len(pending), "seconds": seconds, "processes": processes,
-                              "images_per_second": len(pending) / seconds if seconds > 0 and pending else None}
+                              "images_per_second": len(pending) / seconds if seconds > 0 and pending else None,
+                              **records.outcome(decision, "aff_labels", len(pending))}
     if distributed.current().is_main:
         result.update(evaluate_confident_labels(cfg, voc, names))
     return result

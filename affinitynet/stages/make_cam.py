@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from affinitynet import artifacts, distributed
+from affinitynet import artifacts, distributed, records
 from affinitynet.algorithms.cam import cam_prediction
 from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
@@ -24,7 +24,7 @@ from affinitynet.errors import InputError
 from affinitynet.evaluation import cam_threshold_sweep, evaluate_folder, names_with_gt
 from affinitynet.inference import cams_of_image, load_trained, prepare
 from affinitynet.models import build_classifier
-from affinitynet.per_image import for_each_image
+from affinitynet.per_image import for_each_image, todo
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -32,6 +32,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     _, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
     voc = open_dataset(cfg.dataset)
+    names = inference_names(cfg.dataset, voc)
+    decision = records.start(cfg, "make_cam")
+    if decision.status == "given":  # imported CAMs (import-cams): no classifier to make more
+        missing = [n for n in names if not wd.cam_file(n).exists()]
+        if missing:
+            raise InputError(f"make-cam: the CAMs in {wd.cam} were imported ({decision.record.given}), but "
+                             f"{len(missing)} of {len(names)} images have none (e.g. {missing[0]}); import them "
+                             "again with affinitynet import-cams")
+        return finish(cfg, voc, names, decision, 0)
     net = load_trained(build_classifier(cfg.train_cam.backbone, voc.num_classes), wd.classifier.final, "classifier")
     classifier = prepare(net, device, mc.channels_last, mc.amp)
 
@@ -45,13 +54,33 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         # the CAM file is written last: its presence marks the image as done
         artifacts.save_cam(wd.cam_file(name), keys, maps, voc.num_classes)
 
-    names = inference_names(cfg.dataset, voc)
     announce_sizes(cfg.dataset, voc, names, "make-cam", f"CAMs at scales {', '.join(map(str, mc.scales))} of that size")
     result = for_each_image(voc, names, wd.cam_file, [wd.cam, wd.cam_pred], one_image,
                             num_workers=mc.num_workers, desc="make-cam")
+    return finish(cfg, voc, names, decision, result["images"])
+
+
+def finish(cfg: RunConfig, voc: VOCDataset, names: list[str], decision: records.Start,
+           done_now: int) -> dict[str, Any]:
+    """With every CAM file there (made here or imported): the missing CAM predictions, the
+    stage's status line, and on rank 0 the scores and diagnostics."""
+    if cfg.make_cam.save_pred:
+        write_predictions(cfg, voc, names)
+    result: dict[str, Any] = {"images": done_now, **records.outcome(decision, "make_cam", done_now)}
     if distributed.current().is_main:
         result.update(evaluate_cams(cfg, voc, names))
     return result
+
+
+def write_predictions(cfg: RunConfig, voc: VOCDataset, names: list[str]) -> None:
+    """The CAM predictions missing beside finished CAM files (e.g. set aside for another
+    ``make_cam.bg_score``), from the CAM files: this rank's share."""
+    wd = WorkDir(cfg.workdir)
+    for name in todo(names, lambda n: wd.png(wd.cam_pred, n), [wd.cam_pred]):
+        if wd.cam_file(name).exists():
+            keys, maps = artifacts.load_cam(wd.cam_file(name), num_classes=voc.num_classes)
+            save_label_png(wd.png(wd.cam_pred, name), cam_prediction(keys, maps, cfg.make_cam.bg_score, maps.shape[1:]))
+    distributed.barrier()
 
 
 def evaluate_cams(cfg: RunConfig, voc: VOCDataset, names: list[str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from affinitynet import artifacts, distributed
+from affinitynet import artifacts, distributed, records
 from affinitynet.algorithms.pairs import min_image_size
 from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
@@ -46,8 +46,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     names = inference_names(cfg.dataset, voc)
     announce_sizes(cfg.dataset, voc, names, "random-walk", "AffinityNet and the walk run at that size")
+    decision = records.start(cfg, "random_walk")
     result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels], one_image,
                             num_workers=rc.num_workers, desc="random-walk")
+    result.update(records.outcome(decision, "random_walk", result["images"]))
     if distributed.current().is_main:
         result.update(evaluate_pseudo_labels(cfg, voc, names))
     return result

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from affinitynet import distributed
+from affinitynet import distributed, records
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.console import announce_sizes
@@ -40,8 +40,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     names = voc.split(split)
     announce_sizes(cfg.dataset, voc, names, "segment", f"scales {', '.join(map(str, sc.scales))} of that size")
+    decision = records.start(cfg, "segment")
     result = for_each_image(voc, names, lambda n: wd.png(wd.seg_pred, n), [wd.seg_pred], one_image,
                             num_workers=sc.num_workers, desc="segment")
+    result.update(records.outcome(decision, "segment", result["images"]))
     result["split"] = split
     if distributed.current().is_main:
         scored = names_with_gt(voc, split)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from affinitynet import distributed, training
+from affinitynet import distributed, records, training
 from affinitynet.algorithms.affinity import affinity_from_features, affinity_labels, affinity_loss
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
@@ -40,17 +40,21 @@ def affinity_net_loss(model: torch.nn.Module, batch: Any, radius: int) -> tuple[
     return affinity_loss(aff, bg_pos, fg_pos, neg)
 
 
-def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+def run(cfg: RunConfig) -> dict[str, Any]:
     ta = cfg.train_aff
     _, device = distributed.setup(cfg.device)
     wd = WorkDir(cfg.workdir)
     voc = open_dataset(cfg.dataset)
+    labelled = set(inference_names(cfg.dataset, voc))  # the images make-aff-labels labelled
+    names = [n for n in voc.split(cfg.dataset.train_split) if n in labelled]
+    decision, done = training.start(cfg, "train_aff")
+    if done:
+        return done
     training.seed_everything(ta.seed)  # the heads' initial weights depend on the seed only
     net = training.initial_weights(build_affinity_net(cfg.backbone_of(ta)), cfg, ta)
     augment = AffinityAugment(ta.crop, ta.resize_long, ta.flip, ta.color_jitter, net.normalization)
-    labelled = set(inference_names(cfg.dataset, voc))  # the images make-aff-labels labelled
-    names = [n for n in voc.split(cfg.dataset.train_split) if n in labelled]
     train_set = AffinitySampleDataset(voc, names, wd.crf_file, augment, cfg.dataset.long_side)
     announce_sizes(cfg.dataset, voc, names, "train-aff", training_sizes(ta))
-    return training.fit(net, partial(affinity_net_loss, radius=ta.radius), train_set, None, ta, wd.affinity,
-                        device, resume=resume, config=cfg, desc="train-aff")
+    result = training.fit(net, partial(affinity_net_loss, radius=ta.radius), train_set, None, ta, wd.affinity, device,
+                          resume=decision.status == "continued", config=cfg, desc="train-aff")
+    return {**result, **records.outcome(decision, "train_aff", len(result["history"]))}

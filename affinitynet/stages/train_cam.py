@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from affinitynet import distributed, training
+from affinitynet import distributed, records, training
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.console import announce_sizes, training_sizes
@@ -31,19 +31,24 @@ def classification_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tenso
     return F.multilabel_soft_margin_loss(model(image).float(), label.float()), {}
 
 
-def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+def run(cfg: RunConfig) -> dict[str, Any]:
     tc = cfg.train_cam
     _, device = distributed.setup(cfg.device)
     voc = open_dataset(cfg.dataset)
     training.seed_everything(tc.seed)  # the head's initial weights depend on the seed only
-    net = training.initial_weights(build_classifier(tc.backbone, voc.num_classes), cfg, tc)
+    net = build_classifier(tc.backbone, voc.num_classes)
     transform = ClassificationTransform(tc.crop, tc.resize_long, tc.color_jitter, net.normalization, flip=tc.flip)
     names = voc.split(cfg.dataset.train_split)
-    train_set = ClassificationDataset(voc, names, transform, cfg.dataset.long_side)
-    announce_sizes(cfg.dataset, voc, names, "train-cam", training_sizes(tc))
+    train_set = ClassificationDataset(voc, names, transform, cfg.dataset.long_side)  # checks every image's labels
     val_set = None
     if voc.has_split(cfg.dataset.val_split):  # validation loss of the whole images, resized
         val_set = ClassificationDataset(voc, voc.split(cfg.dataset.val_split),
                                         ResizePadTransform(tc.crop, net.normalization))
-    return training.fit(net, classification_loss, train_set, val_set, tc, WorkDir(cfg.workdir).classifier,
-                        device, resume=resume, config=cfg, desc="train-cam")
+    decision, done = training.start(cfg, "train_cam")
+    if done:
+        return done
+    training.initial_weights(net, cfg, tc)
+    announce_sizes(cfg.dataset, voc, names, "train-cam", training_sizes(tc))
+    result = training.fit(net, classification_loss, train_set, val_set, tc, WorkDir(cfg.workdir).classifier, device,
+                          resume=decision.status == "continued", config=cfg, desc="train-cam")
+    return {**result, **records.outcome(decision, "train_cam", len(result["history"]))}

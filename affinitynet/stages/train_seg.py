@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from affinitynet import distributed, training
+from affinitynet import distributed, records, training
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.console import announce_sizes, training_sizes
@@ -49,7 +49,7 @@ def pixel_loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[s
     return segmentation_loss(output, batch[1]), {}
 
 
-def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+def run(cfg: RunConfig) -> dict[str, Any]:
     ts = cfg.train_seg
     _, device = distributed.setup(cfg.device)
     voc = open_dataset(cfg.dataset)
@@ -57,15 +57,20 @@ def run(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     if not labels.is_dir():
         raise InputError(f"{labels}: label folder does not exist (run random-walk first, or set train_seg.labels)")
     training.seed_everything(ts.seed)  # the head's initial weights depend on the seed only
-    net = training.initial_weights(build_segmentation_model(ts.model, cfg.backbone_of(ts), voc.num_classes,
-                                                            ts.aux_loss), cfg, ts)
+    net = build_segmentation_model(ts.model, cfg.backbone_of(ts), voc.num_classes, ts.aux_loss)
     transform = SegmentationTransform(ts.crop, ts.resize_long, ts.color_jitter, net.normalization, flip=ts.flip)
     names = voc.split(cfg.dataset.train_split)
-    train_set = LabelMapDataset(voc, names, labels, transform, cfg.dataset.long_side)
-    announce_sizes(cfg.dataset, voc, names, "train-seg", training_sizes(ts))
+    train_set = LabelMapDataset(voc, names, labels, transform, cfg.dataset.long_side)  # checks every label map
     val_set = None  # validation loss against the ground truth, when the val split has it
     if voc.has_split(cfg.dataset.val_split):
         val_set = GroundTruthDataset(voc, voc.split(cfg.dataset.val_split),
                                      ResizePadJointTransform(ts.crop, net.normalization))
-    return training.fit(net, pixel_loss, train_set, val_set, ts, WorkDir(cfg.workdir).segmentation, device,
-                        resume=resume, config=cfg, desc="train-seg", meta=segmentation_meta(cfg, net.normalization, voc.classes))
+    decision, done = training.start(cfg, "train_seg")
+    if done:
+        return done
+    training.initial_weights(net, cfg, ts)
+    announce_sizes(cfg.dataset, voc, names, "train-seg", training_sizes(ts))
+    result = training.fit(net, pixel_loss, train_set, val_set, ts, WorkDir(cfg.workdir).segmentation, device,
+                          resume=decision.status == "continued", config=cfg, desc="train-seg",
+                          meta=segmentation_meta(cfg, net.normalization, voc.classes))
+    return {**result, **records.outcome(decision, "train_seg", len(result["history"]))}

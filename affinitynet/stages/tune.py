@@ -20,6 +20,7 @@ and ``tune/tune.json`` with every score.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from affinitynet import artifacts, distributed
+from affinitynet import artifacts, distributed, records
 from affinitynet.algorithms.cam import cam_prediction
 from affinitynet.algorithms.metrics import confusion_matrix
 from affinitynet.algorithms.random_walk import propagate_cams_settings
@@ -44,6 +45,7 @@ from affinitynet.evaluation import names_with_gt
 from affinitynet.inference import (WalkInput, confident_label_map, crf_score, load_trained, prepare, torch_threads,
                                    walk_input)
 from affinitynet.models import build_affinity_net
+from affinitynet.stage_table import TUNE
 
 MIN_IMAGES = 4  # two to choose on, two to check on
 
@@ -186,6 +188,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         distributed.barrier()
         return {}
     split, names = _tuning_images(cfg)
+    decision, done = _start(cfg)
+    # what the outputs tune reads were made with: the "current" settings it compares against
+    cfg = records.recorded_config(cfg.workdir, base=cfg, stages=TUNE.reads)
+    if done is not None:
+        print(f"tune: up to date; the tuned settings are in {done['fragment']}")
+        return done
     cases = _load_cases(cfg, names, device)
     search, check = cases[:len(cases) // 2], cases[len(cases) // 2:]
     current, grids = _current_and_grids(cfg)
@@ -204,12 +212,22 @@ def run(cfg: RunConfig) -> dict[str, Any]:
               "check": checks, "fragment": str(WorkDir(cfg.workdir).tune / "tuned.yaml"),
               "search": {g: [{"setting": list(s) if isinstance(s, tuple) else s, **on_search[g].result(s)}
                              for s in grids[g]] for g in grids},
-              "seconds": time.time() - t0}
+              "seconds": time.time() - t0, **records.outcome(decision, "tune", len(names))}
     artifacts.write_json(WorkDir(cfg.workdir).tune / "tune.json", result)
     print("\n".join(_summary(on_search, checks, grids, current, candidates, len(search), len(check), split)))
     print(f"tuned settings written to {result['fragment']} ({result['seconds']:.0f} s)")
     distributed.barrier()
     return result
+
+
+def _start(cfg: RunConfig) -> tuple[records.Start, dict[str, Any] | None]:
+    """The comparison with tune's record; the earlier result when it was made with these
+    settings from these outputs."""
+    decision = records.start(cfg, "tune")
+    path = WorkDir(cfg.workdir).tune / "tune.json"
+    if decision.status == "continued" and path.is_file():
+        return decision, json.loads(path.read_text())
+    return decision, None
 
 
 def _tuning_images(cfg: RunConfig) -> tuple[str, list[str]]:
