@@ -328,7 +328,6 @@ class PseudoLabeler:
         start = walk_input(self.affinity_net, work, maps, self.cfg.random_walk.radius)
         return pseudo_label(work, keys, start, self.cfg.random_walk)
 
-
     def _given_cams(self, class_names: Sequence[str], cams: np.ndarray,
                     size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(keys ascending, maps in [0, 1]) of CAMs given in the order of ``class_names``."""
