@@ -63,7 +63,10 @@ def import_cams(cfg: C.RunConfig, spec: C.ImportCamsConfig) -> dict[str, Any]:
     """``affinitynet import-cams``: another method's CAMs as make-cam's outputs
     (``stages/import_cams.py``); their scores go into metrics.json as make-cam's."""
     t0 = time.time()
-    result = import_cams_stage.run(cfg, spec)
+    imported = import_cams_stage.run(cfg, spec)
+    names = imported["names"]
+    result = {**make_cam.finish(cfg, open_dataset(cfg.dataset), names, imported["decision"], len(names)),
+              "import": imported["import"]}
     _after_one(cfg, STAGE_BY_NAME["make_cam"], result, time.time() - t0)
     return result
 

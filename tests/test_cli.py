@@ -11,7 +11,7 @@ from affinitynet import config as C
 # every command of the CLI (a new one is added here, with its README section)
 COMMANDS = ("synth", "prepare-voc", "prepare-coco", "evaluate", "convert-weights", "train-cam", "make-cam",
             "make-aff-labels", "train-aff", "random-walk", "train-seg", "segment", "run", "tune", "demo", "report",
-            "predict", "export")
+            "predict", "export", "import-cams", "export-labels")
 
 
 def test_help_lists_every_command(capsys):

@@ -2,7 +2,8 @@
 
 Reads one file per image of the inference splits from ``ImportCamsConfig.source`` (formats:
 ``artifacts.read_exchange_cams``), checks each against the dataset and writes our CAM files,
-then the CAM predictions and their scores, as make-cam would. The make-cam record then says where
+the CAM predictions and their scores follow as make-cam makes them (``pipeline.import_cams``
+calls ``make_cam.finish``). The make-cam record then says where
 the CAMs came from (``records.imported``), and train-cam's says it was not trained, so ``run``
 continues from make-aff-labels. Importing the same CAMs again changes nothing downstream;
 other CAMs redo every stage after make-cam.
@@ -30,12 +31,11 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import ImportCamsConfig, RunConfig
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
 from affinitynet.errors import InputError
-from affinitynet.stages import make_cam
 
 
 def run(cfg: RunConfig, spec: ImportCamsConfig) -> dict[str, Any]:
-    """Import ``spec.source``'s CAMs into ``cfg.workdir`` for ``cfg.dataset``; returns
-    make-cam's result (scores, status line, fingerprint) and the import's counts."""
+    """Import ``spec.source``'s CAMs into ``cfg.workdir`` for ``cfg.dataset``; returns the
+    make-cam decision (``records.Start``), the images and the import's counts."""
     source, suffix = Path(spec.source), artifacts.EXCHANGE_SUFFIX[spec.format]
     if not spec.source or not source.is_dir():
         raise InputError(f"import-cams: {spec.source or '(no --from)'} is not a folder of CAM files")
@@ -61,7 +61,7 @@ def run(cfg: RunConfig, spec: ImportCamsConfig) -> dict[str, Any]:
     if records.read(wd, "train_cam") is None and not wd.classifier.final.exists():
         records.imported(cfg, "train_cam", "not trained: the CAMs were imported", lambda: None)
     _say(counts, source)
-    return {**make_cam.finish(cfg, voc, names, decision, len(names)), "import": counts}
+    return {"decision": decision, "names": names, "import": counts}
 
 
 def import_one(voc: VOCDataset, name: str, path: Path, spec: ImportCamsConfig,
