@@ -32,6 +32,12 @@ original keeps the same scores, float32, in one ``.npy`` dict per alpha):
 background score, background first, then the keys' classes, at the working size (h, w) =
 ``image_size`` int64 (2,).
 
+Instance file format (``<image>.json``), the COCO results format that pycocotools' ``loadRes``
+and other instance tools read: a JSON list with one object per detected instance,
+``{"image_id": "<image>", "category_id": class index + 1 (the class's value in the label maps),
+"segmentation": {"size": [H, W], "counts": compressed RLE string}, "score": float}``; an image
+without instances has ``[]``. Concatenating the lists of several images gives one results file.
+
 Every file is written atomically: a temporary file in the same folder, then ``os.replace``;
 so an interrupted stage never leaves a half-written output and a restart skips finished images.
 """
@@ -241,6 +247,19 @@ def write_json(path: str | Path, obj: Any) -> None:
     that occurs nowhere) become null; numpy numbers and arrays, tuples and paths are converted."""
     text = json.dumps(_json_safe(obj), indent=2, allow_nan=False, default=_json_default)
     write_bytes(path, (text + "\n").encode())
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's content; InputError (one line, naming the file as ``what``) when it is
+    missing or not JSON."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a valid JSON {what} ({exc})".splitlines()[0]) from None
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
@@ -496,6 +515,64 @@ def write_exchange_cams(path: str | Path, fmt: str, keys: np.ndarray, maps: np.n
     buf = io.BytesIO()
     np.save(buf, content, allow_pickle=True)
     write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------
+# Instance files (COCO results format with RLE masks)
+# ----------------------------------------------------------------------------------------------
+def save_instances(path: str | Path, image_id: str, masks: np.ndarray, labels: np.ndarray,
+                   scores: np.ndarray) -> None:
+    """Write one image's instances: ``masks`` (N, H, W) bool, ``labels`` (N,) class indices
+    (0-based, no background), ``scores`` (N,) -> the instance file format above."""
+    from pycocotools import mask as mask_utils
+
+    masks = np.asarray(masks, dtype=bool)
+    labels, scores = np.asarray(labels, np.int64).reshape(-1), np.asarray(scores, np.float64).reshape(-1)
+    if masks.ndim != 3 or not len(masks) == labels.size == scores.size:
+        raise ValueError(f"need masks (N, H, W) and N labels and scores, got {masks.shape}, {labels.size}, "
+                         f"{scores.size}")
+    entries = []
+    for mask, label, score in zip(masks, labels, scores):
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        entries.append({"image_id": image_id, "category_id": int(label) + 1,
+                        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()},
+                        "score": float(score)})
+    write_json(path, entries)
+
+
+def load_instances(path: str | Path, image_size: tuple[int, int], num_classes: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's instance file -> (masks (N, H, W) bool, labels (N,) int64 class indices,
+    scores (N,) float64); InputError (one line, naming the file) when it is not that format,
+    a mask is not ``image_size`` (H, W) or a class is outside 1..``num_classes``."""
+    import warnings
+
+    from pycocotools import mask as mask_utils
+
+    path = Path(path)
+    entries = read_json(path, "instance file")
+    if not isinstance(entries, list):
+        raise InputError(f"{path}: expected a JSON list of instances (COCO results format)")
+    masks, labels, scores = [], [], []
+    for i, entry in enumerate(entries):
+        seg = entry.get("segmentation") if isinstance(entry, dict) else None
+        if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str) or "score" not in entry:
+            raise InputError(f"{path}: instance {i} needs 'category_id', 'score' and an RLE 'segmentation'")
+        if list(seg.get("size", [])) != list(image_size):
+            raise InputError(f"{path}: instance {i} has size {seg.get('size')}, the image is {list(image_size)}")
+        category = entry.get("category_id")
+        if not isinstance(category, int) or not 1 <= category <= num_classes:
+            raise InputError(f"{path}: instance {i} has category_id {category!r}, expected 1..{num_classes}")
+        with warnings.catch_warnings():  # pycocotools on numpy 2: a harmless DeprecationWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:  # pycocotools checks that the runs add up to the size
+                masks.append(mask_utils.decode({"size": list(image_size), "counts": seg["counts"]}).astype(bool))
+            except ValueError as exc:
+                raise InputError(f"{path}: instance {i}: {exc}") from None
+        labels.append(category - 1)
+        scores.append(float(entry["score"]))
+    stacked = np.stack(masks) if masks else np.zeros((0, *image_size), bool)
+    return stacked, np.asarray(labels, np.int64), np.asarray(scores, np.float64)
 
 
 # ----------------------------------------------------------------------------------------------

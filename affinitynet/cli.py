@@ -82,11 +82,15 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, default=C.PrepareCOCOConfig.processes,
                    help="mask-writing processes (0 = all cores)")
 
-    p = sub.add_parser("evaluate", help="mIoU of palette-PNG predictions against ground truth")
+    p = sub.add_parser("evaluate", help="mIoU of palette-PNG predictions (or mask AP of instance files) "
+                                        "against ground truth")
     p.add_argument("--pred", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default=C.EvaluateConfig.split)
     p.add_argument("--out", default=C.EvaluateConfig.out)
+    p.add_argument("--instances", action="store_true",
+                   help="score <pred>/<image>.json instance files (COCO results, RLE) against SegmentationObject")
+    p.add_argument("--iou", type=float, default=C.EvaluateConfig.iou, help="IoU of a match, with --instances")
 
     p = sub.add_parser("convert-weights", help="MXNet .params / Caffe .caffemodel -> .pth")
     p.add_argument("input")
@@ -181,7 +185,8 @@ _COMMANDS: dict[str, tuple[type, Callable[[Any], Any], Callable[[argparse.Namesp
     "prepare-coco": (C.PrepareCOCOConfig, prepare_coco.run,
                      lambda a: {"coco_root": a.coco_root, "out": a.out, "processes": a.processes}),
     "evaluate": (C.EvaluateConfig, evaluate.run,
-                 lambda a: {"pred": a.pred, "dataset": a.dataset, "split": a.split, "out": a.out}),
+                 lambda a: {"pred": a.pred, "dataset": a.dataset, "split": a.split, "out": a.out,
+                            "instances": a.instances, "iou": a.iou}),
     "convert-weights": (C.ConvertWeightsConfig, convert_weights.run, lambda a: {"input": a.input, "output": a.output}),
     "predict": (C.PredictConfig, predict.run, lambda a: {
         "weights": a.weights, "inputs": a.inputs, "out": a.out, "overlay": a.overlay, "long_side": a.long_side,

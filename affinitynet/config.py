@@ -48,6 +48,10 @@ SEGMENTATION_MODEL_NAMES: tuple[str, ...] = ("largefov", "deeplabv2", "deeplabv3
 SYNTHETIC_FAMILIES: tuple[str, ...] = ("shapes", "clutter")
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 WALK_METHODS: tuple[str, ...] = ("sparse", "dense")  # dense: the original's, for checking
+# the pixel-relation method of stages 2b-4: PSA (this paper: AffinityNet) or IRN (Ahn, Cho & Kwak,
+# CVPR 2019: class boundaries); stage_table.METHOD_SECTIONS names each method's sections
+METHODS: tuple[str, ...] = ("psa", "irn")
+IRN_BACKBONES: tuple[str, ...] = ("tiny", "resnet50")  # the backbones of IRN's network (models.build_irn_net)
 # CAM files of other toolkits (import-cams, export-labels): affinitynet.artifacts.EXCHANGE_SUFFIX
 CAM_EXCHANGE_FORMATS: tuple[str, ...] = ("psa", "irn", "npz")
 # the stages whose label maps export-labels writes (their label folders in the stage table)
@@ -91,12 +95,17 @@ class PrepareCOCOConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """``affinitynet evaluate``: mIoU of a folder of palette PNG predictions."""
+    """``affinitynet evaluate``: mIoU of a folder of palette PNG predictions, or mask AP of a
+    folder of instance files."""
 
     pred: str = ""
     dataset: str = ""
     split: str = "val"
     out: str = ""  # JSON path; default <pred>/../eval_<pred-folder>_<split>.json
+    # score instance files (<pred>/<name>.json, COCO results with RLE) against SegmentationObject:
+    # mask AP at this IoU (IRN reports 0.5)
+    instances: bool = False
+    iou: float = bounded(0.5, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -247,6 +256,59 @@ class RandomWalkConfig:
 
 
 @dataclass(frozen=True)
+class IRLabelsConfig:
+    """Stage 2b with ``method: irn``: IRN's confident inter-pixel-relation labels (IRN
+    cam_to_ir_label.py; run_sample.py's defaults): the label CRF of the CAMs against a
+    background plane of ``fg_threshold`` gives the objects, against ``bg_threshold`` the
+    background; the rest is unsure (255)."""
+
+    fg_threshold: float = bounded(0.30, 0.0, 1.0)  # conf_fg_thres
+    bg_threshold: float = bounded(0.05, 0.0, 1.0)  # conf_bg_thres
+    crf_iterations: int = bounded(10, 1, 1000)
+    gt_prob: float = bounded(0.7, 0.01, 0.99)  # the label CRF's confidence in its input labels
+    processes: int = bounded(0, 0, 1024)  # 0 = all cores
+
+
+@dataclass(frozen=True)
+class TrainIRNConfig(TrainingConfig):
+    """Stage 3 with ``method: irn``: IRN's boundary and displacement network on the frozen
+    backbone (IRN train_irn.py: radius 10, crop 512, rescale 0.5-1.5, flip, no colour jitter,
+    3 epochs of batch 32, lr 0.1 (x10 for the displacement branch), weight decay 1e-4, and, as
+    its optimizer makes PSA's positional call, momentum = the weight decay)."""
+
+    init_from_classifier: bool = True  # the trained classifier's backbone when no weights are given
+    radius: int = bounded(10, 2, 32)  # training pairs within this radius on the stride-4 grid
+    rescale: tuple[float, float] = bounded((0.5, 1.5), 0.01, 100.0)  # random scale of the image, low <= high
+    crop: int = 512
+    batch_size: int = 32
+    epochs: int = 3
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 1e-4
+    color_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class IRNLabelsConfig:
+    """IRN's pseudo labels from its class boundaries and displacement field (Ahn, Cho & Kwak,
+    CVPR 2019; the defaults of IRN's run_sample.py): the walk on boundary affinities for
+    semantic labels, the displacement field's instances for instance labels."""
+
+    beta: float = bounded(10.0, 1e-6, 1e3)  # beta
+    exp_times: int = bounded(8, 0, 20)  # t = 2^exp_times = 256 steps
+    radius: int = bounded(5, 2, 32)  # the walk's pairs on the stride-4 grid
+    sem_seg_bg_thres: float = bounded(0.25, 0.0, 1.0)  # background plane of the semantic label
+    ins_seg_bg_thres: float = bounded(0.25, 0.0, 1.0)  # background plane of the instance masks
+    crop: int = bounded(512, 8, 1 << 14)  # the network's input is zero-padded to crop x crop
+    centroid_iterations: int = bounded(300, 0, 1 << 16)  # steps along the displacement field
+    weak_threshold: float = bounded(2.5, 0.0, 1e3)  # displacement (cells) under which a cell is a centroid
+    min_area: float = bounded(0.01, 0.0, 1.0)  # detections smaller than this share of the image score 0
+    method: str = one_of("sparse", WALK_METHODS)
+    num_workers: int = bounded(2, 0, 256)  # image decoding processes (random-walk with method irn)
+    channels_last: bool = True  # NHWC network and input
+
+
+@dataclass(frozen=True)
 class TrainSegConfig(TrainingConfig):
     """Stage 5a: the segmentation network on the pseudo labels (paper Sec. 5 trains DeepLab on
     them; the optimiser settings here are DeepLab's usual ones, which the paper does not list)."""
@@ -317,6 +379,9 @@ class RunConfig:
     # outputs made with other settings (records.py): "redo" sets them aside and makes them again,
     # "refuse" stops with an error naming the changed settings (to keep them)
     changed: str = one_of("redo", ("redo", "refuse"))
+    # how stages 2b-4 learn pixel relations: "psa" (AffinityNet, this paper) or "irn" (IRN's
+    # class boundaries: sections ir_labels, train_irn, irn_labels)
+    method: str = one_of("psa", METHODS)
     redo: tuple[str, ...] = ()  # stages to redo even with unchanged settings (and, so, those after them)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
@@ -324,6 +389,9 @@ class RunConfig:
     aff_labels: AffLabelsConfig = field(default_factory=AffLabelsConfig)
     train_aff: TrainAffConfig = field(default_factory=TrainAffConfig)
     random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
+    ir_labels: IRLabelsConfig = field(default_factory=IRLabelsConfig)
+    train_irn: TrainIRNConfig = field(default_factory=TrainIRNConfig)
+    irn_labels: IRNLabelsConfig = field(default_factory=IRNLabelsConfig)
     train_seg: TrainSegConfig = field(default_factory=TrainSegConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -420,6 +488,17 @@ def _check_rules(cfg: Any, prefix: str) -> None:
         if cfg.crop < least:
             raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} is too small for radius {cfg.radius}: "
                               f"need at least {least}")
+    if isinstance(cfg, TrainIRNConfig):
+        least = 4 * (2 * cfg.radius - 1)  # the stride-4 grid of the crop must hold a pair of every offset
+        if cfg.crop % 4 or cfg.crop < least:
+            raise ConfigError(f"config key '{prefix}crop' = {cfg.crop} must be a multiple of 4 and at least "
+                              f"{least} for radius {cfg.radius}")
+        if cfg.rescale[0] > cfg.rescale[1]:
+            raise ConfigError(f"config key '{prefix}rescale' = {cfg.rescale}: need low <= high")
+    if isinstance(cfg, RunConfig) and cfg.method == "irn" and cfg.backbone_of(cfg.train_irn) not in IRN_BACKBONES:
+        raise ConfigError(f"config key 'method' = irn: IRN's network is built on the backbones "
+                          f"{', '.join(IRN_BACKBONES)}, not {cfg.backbone_of(cfg.train_irn)} "
+                          "(set train_irn.backbone)")
     if isinstance(cfg, RunConfig) and set(cfg.redo) - set(RECORDED_BY_NAME):
         raise ConfigError(f"config key 'redo' = {list(cfg.redo)}: name stages among {', '.join(RECORDED_BY_NAME)}")
     if isinstance(cfg, TrainSegConfig) and cfg.aux_loss and not cfg.model.startswith("deeplabv3"):

@@ -22,7 +22,11 @@ def announce_sizes(settings: DatasetConfig, voc: VOCDataset, names: list[str], s
 
 
 def training_sizes(section: TrainingConfig) -> str:
-    """A training stage's sizes for ``announce_sizes``: its random long side (if any) and crop."""
+    """A training stage's sizes for ``announce_sizes``: its random long side or scale (if any)
+    and crop."""
+    rescale = getattr(section, "rescale", None)  # IRN's random scale factor
+    if rescale is not None:
+        return f"training rescales the image by {rescale[0]:g}-{rescale[1]:g}x, crop {section.crop} px"
     if section.resize_long is None:
         return f"training crops {section.crop} px from the image at that size (no rescale)"
     lo, hi = section.resize_long

@@ -201,14 +201,20 @@ def confident_warnings(diag: dict[str, Any], cam_diag: dict[str, Any] | None = N
             + "; or ".join(causes)]
 
 
-def walk_warnings(diag: dict[str, Any], confident_diag: dict[str, Any] | None = None) -> list[str]:
+def walk_warnings(diag: dict[str, Any], confident_diag: dict[str, Any] | None = None,
+                  method: str = "psa") -> list[str]:
     """The flooding warning; it names the confident background as a cause only when the
-    confident-background warning fires (``confident_diag``: make-aff-labels' diagnostics)."""
+    confident-background warning fires (``confident_diag``: make-aff-labels' diagnostics), and
+    the settings of ``method``'s walk."""
     flooded = diag["images_flooded"]
     if flooded <= FLOODED_IMAGES:
         return []
-    causes = ["too weak a background or too long a walk for the image size: try a larger random_walk.alpha "
-              "(e.g. 24) or a smaller random_walk.logt (e.g. 6), or run `affinitynet tune`"]
+    if method == "irn":
+        causes = ["too weak a background or too long a walk for the image size: try a larger "
+                  "irn_labels.sem_seg_bg_thres (e.g. 0.4) or a smaller irn_labels.exp_times (e.g. 6)"]
+    else:
+        causes = ["too weak a background or too long a walk for the image size: try a larger random_walk.alpha "
+                  "(e.g. 24) or a smaller random_walk.logt (e.g. 6), or run `affinitynet tune`"]
     if background_nearly_absent(confident_diag):
         causes.append("affinities trained without confident background (see the confident-background warning)")
     return [f"the random walk grows a class over most of the image in {flooded:.0f} % of images: the affinities do "

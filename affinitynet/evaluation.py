@@ -17,7 +17,7 @@ import numpy as np
 
 from affinitynet import artifacts
 from affinitynet.algorithms.cam import SWEEP_THRESHOLDS, ThresholdSweep
-from affinitynet.algorithms.metrics import confusion_matrix, scores_from_confusion
+from affinitynet.algorithms.metrics import InstanceAP, confusion_matrix, scores_from_confusion, voc_instances
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.images import load_label_png
 from affinitynet.data.voc import VOCDataset
@@ -38,15 +38,7 @@ def evaluate_folder(pred_dir: str | os.PathLike, dataset: VOCDataset | str | os.
     ``class_names`` and ``confusion`` ((C+1) x (C+1) nested list, rows = ground truth).
     """
     voc = dataset if isinstance(dataset, VOCDataset) else VOCDataset(dataset)
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise InputError(f"{pred_dir}: prediction folder does not exist")
-    names = list(names)
-    missing = [n for n in names if not (pred_dir / f"{n}.png").is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise InputError(f"{pred_dir}: no prediction for {len(missing)} of {len(names)} images "
-                         f"(first missing: {shown})")
+    pred_dir, names = _check_predictions(pred_dir, names, ".png", "prediction")
     no_gt = [n for n in names if not voc.has_gt(n)]
     if no_gt:
         raise InputError(f"{voc.root / 'SegmentationClass' / (no_gt[0] + '.png')}: ground truth "
@@ -65,6 +57,49 @@ def evaluate_folder(pred_dir: str | os.PathLike, dataset: VOCDataset | str | os.
     out = scores_from_confusion(conf, class_names)
     out.update(num_images=len(names), class_names=class_names, confusion=conf.tolist())
     return out
+
+
+def evaluate_instances(pred_dir: str | os.PathLike, dataset: VOCDataset | str | os.PathLike,
+                       names: Sequence[str], iou_threshold: float = 0.5) -> dict[str, Any]:
+    """Mask AP of instance files ``pred_dir/<name>.json`` (``artifacts.load_instances``)
+    against the instances of ``SegmentationObject`` and ``SegmentationClass`` (IRN's evaluation:
+    mAP at IoU 0.5, ``algorithms.metrics.InstanceAP``). Returns ``map`` and ``per_class`` (AP in
+    percent; a class without ground-truth instances is NaN and left out of the mean),
+    ``iou_threshold``, ``num_images``, ``num_instances`` (ground truth), ``num_detections``."""
+    voc = dataset if isinstance(dataset, VOCDataset) else VOCDataset(dataset)
+    pred_dir, names = _check_predictions(pred_dir, names, ".json", "instance file")
+    no_gt = [n for n in names if not (voc.has_gt(n) and voc.has_objects(n))]
+    if no_gt:
+        raise InputError(f"{voc.objects_path(no_gt[0])}: instance ground truth (SegmentationObject and "
+                         f"SegmentationClass) missing for {len(no_gt)} of {len(names)} images (first: {no_gt[0]})")
+    ap = InstanceAP(voc.num_classes, iou_threshold)
+    detections = 0
+    for n in names:
+        gt = voc.load_gt(n)
+        try:
+            gt_masks, gt_labels = voc_instances(gt, voc.load_objects(n))
+        except ValueError as exc:
+            raise InputError(f"{voc.objects_path(n)}: {exc}") from None
+        masks, labels, scores = artifacts.load_instances(pred_dir / f"{n}.json", gt.shape, voc.num_classes)
+        ap.add(masks, labels, scores, gt_masks, gt_labels)
+        detections += len(masks)
+    return {**ap.result(voc.classes), "iou_threshold": iou_threshold, "num_images": len(names),
+            "num_instances": int(ap.n_gt.sum()), "num_detections": detections}
+
+
+def _check_predictions(pred_dir: str | os.PathLike, names: Sequence[str], suffix: str,
+                       what: str) -> tuple[Path, list[str]]:
+    """(the folder, the names) when ``pred_dir`` holds ``<name><suffix>`` for every name;
+    InputError naming the folder and the first missing ones otherwise."""
+    pred_dir, names = Path(pred_dir), list(names)
+    if not pred_dir.is_dir():
+        raise InputError(f"{pred_dir}: {what} folder does not exist")
+    missing = [n for n in names if not (pred_dir / f"{n}{suffix}").is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise InputError(f"{pred_dir}: no {what} for {len(missing)} of {len(names)} images "
+                         f"(first missing: {shown})")
+    return pred_dir, names
 
 
 def _label_like(path: Path, gt: np.ndarray, what: str) -> np.ndarray:

@@ -10,6 +10,9 @@ CAMs (make-cam), the CRF scores and confident labels (make-aff-labels), the rand
 and pseudo label (random-walk), the segmentation (``Segmenter``: segment, predict). Each takes
 the image as a ``WorkImage`` (native size and working size, ``dataset.long_side``) and returns
 what the stage writes, at the native size.
+
+IRN's per-image steps (``IRNLabeler``): boundaries and displacements of IRN's network, and from
+them and any CAMs IRN's semantic and instance pseudo labels, with the sparse stride-4 walk.
 """
 
 from __future__ import annotations
@@ -25,19 +28,24 @@ import torch
 from PIL import Image
 
 from affinitynet import artifacts, records
-from affinitynet.algorithms.cam import conform_cams, multiscale_cam
-from affinitynet.algorithms.crf import confident_labels, crf_with_background, dense_crf
+from affinitynet.algorithms.boundary import semantic_pseudo_label
+from affinitynet.algorithms.cam import conform_cams, multiscale_cam, strided_cams, strided_size
+from affinitynet.algorithms.crf import (IRN_LABEL_KERNELS, confident_labels, crf_with_background, dense_crf,
+                                       ir_label)
+from affinitynet.algorithms.instances import Detections, instance_pseudo_labels
 from affinitynet.algorithms.random_walk import propagate_cams
 from affinitynet.algorithms.resize import WorkImage
 from affinitynet.algorithms.segmentation import multiscale_probabilities, probabilities_to_label
-from affinitynet.config import AffLabelsConfig, MakeCamConfig, RandomWalkConfig, RunConfig, SegmentConfig
+from affinitynet.config import (AffLabelsConfig, IRLabelsConfig, IRNLabelsConfig, MakeCamConfig, RandomWalkConfig, RunConfig,
+                                SegmentConfig)
 from affinitynet.conventions import STRIDE
 from affinitynet.data.images import to_rgb
 from affinitynet.data.transforms import normalize
 from affinitynet.data.voc import open_dataset
 from affinitynet.errors import InputError
-from affinitynet.models import (build_affinity_net, build_classifier, build_segmentation_model, input_to,
-                                load_backbone_state_dict, load_state_dict_strict, main_scores)
+from affinitynet.models import (build_affinity_net, build_classifier, build_irn_net, build_segmentation_model,
+                                input_to, load_backbone_state_dict, load_state_dict_strict, main_scores)
+from affinitynet.models.irn import ResNet50IRN, load_irn_state_dict
 from affinitynet.weights import load_weights
 
 
@@ -166,6 +174,14 @@ def confident_label_map(image: WorkImage, keys: np.ndarray, low: np.ndarray, hig
     return image.label_to_native(confident_labels(low, high, keys=keys))
 
 
+def ir_label_map(image: WorkImage, keys: np.ndarray, maps: np.ndarray, settings: IRLabelsConfig) -> np.ndarray:
+    """IRN's confident inter-pixel-relation label of one image at the working size (IRN
+    cam_to_ir_label.py; the label CRF's kernels are in pixels): (h, w) uint8, 0 background,
+    class index + 1 foreground, 255 unsure. ``maps`` (k, H, W) the CAMs at the native size."""
+    return ir_label(image.image, keys, image.maps(maps), settings.fg_threshold, settings.bg_threshold,
+                    settings.crf_iterations, settings.gt_prob, IRN_LABEL_KERNELS)
+
+
 # -- random-walk -------------------------------------------------------------------------------
 @torch.inference_mode()
 def image_affinity(affinity_net: Prepared, image: np.ndarray, radius: int) -> torch.Tensor:
@@ -289,6 +305,9 @@ class PseudoLabeler:
 
     def __init__(self, cfg: RunConfig, classes: Sequence[str], device: torch.device) -> None:
         wd = artifacts.WorkDir(cfg.workdir)
+        if cfg.method != "psa":
+            raise InputError(f"{cfg.workdir}: its pseudo labels are IRN's (method irn); load its network with "
+                             f"load_irn_labeler('{cfg.workdir}')")
         self.cfg, self.classes = cfg, list(classes)
         self.classifier = None
         if wd.classifier.final.exists() or not wd.cam.is_dir():
@@ -345,3 +364,94 @@ def load_pseudo_labeler(workdir: str | Path, device: str | torch.device = "cpu")
     if cfg is None:
         raise InputError(f"{workdir}: not a work folder of `affinitynet run` (no records, no config.yaml)")
     return PseudoLabeler(cfg, open_dataset(cfg.dataset).classes, torch.device(device))
+
+
+# -- IRN's pseudo labels -----------------------------------------------------------------------
+#: the grid of IRN's boundary map, displacement field and walk (IRN: stride 4)
+IRN_STRIDE = 4
+
+
+class IRNLabeler:
+    """IRN's inter-pixel relation network with IRN's settings (``IRNLabelsConfig``): the class
+    boundaries and displacements of an image, and from them and the image's CAMs IRN's semantic
+    pseudo label (``make_sem_seg_labels``) and instance pseudo labels (``make_ins_seg_labels``).
+    The walk is the sparse one (``settings.method``), so a VOC image's stride-4 walk needs
+    megabytes where IRN's dense matrix needs ~0.5 GB. Load IRN's ``res50_irn.pth`` with
+    ``load_irn_labeler``.
+
+    CAMs are (k, H, W) at the image size (any method's; maps not in [0, 1] are normalised as
+    ``import-cams`` does and pooled onto the stride-4 grid) or IRN's own stride-4 ``cam`` (k, h,
+    w), for the classes ``keys`` (class indices, ascending as IRN's ``keys``).
+    """
+
+    def __init__(self, net: Prepared, settings: IRNLabelsConfig | None = None) -> None:
+        self.net, self.settings = net, settings or IRNLabelsConfig()
+
+    @torch.inference_mode()
+    def boundary(self, image: np.ndarray | Image.Image) -> tuple[torch.Tensor, np.ndarray]:
+        """(boundary map (h, w) in [0, 1] on the network's device, displacement field (2, h, w)
+        float32 in stride-4 cells) of an image, h = ceil(H/4), w = ceil(W/4)."""
+        x = self.net.input(self.net.normalize(to_rgb(image))[None])
+        with self.net.autocast():
+            edge, displacement = self.net.net.edge_displacement(x, self.settings.crop)
+        return edge[0].float(), displacement.float().cpu().numpy()
+
+    def grid_cams(self, cams: np.ndarray, image_hw: tuple[int, int]) -> torch.Tensor:
+        """The CAMs on the stride-4 grid: (k, h, w) float32 in [0, 1] on the network's device."""
+        maps = np.asarray(cams, np.float32)
+        if maps.ndim == 3 and tuple(maps.shape[1:]) == strided_size(image_hw, IRN_STRIDE) != tuple(image_hw):
+            strided = np.clip(maps, 0, 1)
+        else:
+            strided = strided_cams(conform_cams(maps, image_hw).maps, IRN_STRIDE)
+        return torch.from_numpy(np.ascontiguousarray(strided)).to(self.net.device)
+
+    @torch.inference_mode()
+    def semantic_label(self, image: np.ndarray | Image.Image, keys: np.ndarray, cams: np.ndarray) -> np.ndarray:
+        """IRN's semantic pseudo label: (H, W) uint8, 0 background, class index + 1."""
+        rgb, s = to_rgb(image), self.settings
+        edge, _ = self.boundary(rgb)
+        label, _, _ = semantic_pseudo_label(self.grid_cams(cams, rgb.shape[:2]), np.asarray(keys), edge,
+                                            rgb.shape[:2], beta=s.beta, exp_times=s.exp_times,
+                                            bg_threshold=s.sem_seg_bg_thres, radius=s.radius, stride=IRN_STRIDE,
+                                            method=s.method)
+        return label
+
+    @torch.inference_mode()
+    def instances(self, image: np.ndarray | Image.Image, keys: np.ndarray, cams: np.ndarray) -> Detections:
+        """IRN's instance pseudo labels: detections with masks (N, H, W) bool, classes (N,)
+        class indices and scores (N,); ``artifacts.save_instances`` writes them."""
+        rgb, s = to_rgb(image), self.settings
+        edge, displacement = self.boundary(rgb)
+        found = instance_pseudo_labels(self.grid_cams(cams, rgb.shape[:2]), np.asarray(keys), edge, displacement,
+                                       rgb.shape[:2], beta=s.beta, exp_times=s.exp_times, radius=s.radius,
+                                       stride=IRN_STRIDE, bg_threshold=s.ins_seg_bg_thres,
+                                       centroid_iterations=s.centroid_iterations, weak_threshold=s.weak_threshold,
+                                       min_area_fraction=s.min_area, method=s.method)
+        return found.detections
+
+
+def load_irn_labeler(weights: str | Path, device: str | torch.device = "cpu",
+                     settings: IRNLabelsConfig | None = None) -> IRNLabeler:
+    """IRN's network as an ``IRNLabeler``: from a work folder of ``method: irn`` (its trained
+    network and its ``irn_labels`` settings), or from a weights file (IRN's released
+    ``res50_irn.pth``, or a state dict of ``models.irn.ResNet50IRN``; loaded strictly, without
+    the training-only path-index buffers IRN saves with it) with IRN's settings."""
+    path = Path(weights)
+    if path.is_dir():
+        cfg = run_config(path)
+        if cfg is None or cfg.method != "irn":
+            raise InputError(f"{path}: not a work folder of `affinitynet run` with method irn")
+        net = load_trained(build_irn_net(cfg.backbone_of(cfg.train_irn)), artifacts.WorkDir(path).affinity.final,
+                           "IRN's network")
+        return IRNLabeler(prepare(net, torch.device(device)), settings or cfg.irn_labels)
+    if not path.exists():
+        raise InputError(f"{path}: IRN weights do not exist")
+    state = artifacts.load_checkpoint(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a state dict (name -> tensor) of IRN's network")
+    net = ResNet50IRN()
+    try:
+        load_irn_state_dict(net, state)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return IRNLabeler(prepare(net, torch.device(device)), settings)

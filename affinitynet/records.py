@@ -44,7 +44,7 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig, apply_overrides, load_config, to_dict, validate
 from affinitynet.data.voc import open_dataset
 from affinitynet.errors import InputError
-from affinitynet.stage_table import RECORDED_BY_NAME, StageInfo
+from affinitynet.stage_table import METHOD_SECTIONS, RECORDED_BY_NAME, STAGE_BY_NAME, StageInfo, section_of
 
 RECORD_FORMAT = 1
 #: how the record of a final.pth put there by hand begins (then its sha256)
@@ -84,18 +84,24 @@ class Record:
 
 
 def stage_settings(cfg: RunConfig, info: StageInfo) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(settings, derived settings) of ``cfg`` that can change the outputs of stage ``info``."""
-    own = {k: v for k, v in to_dict(getattr(cfg, info.section)).items() if k not in SPEED_KEYS}
+    """(settings, derived settings) of ``cfg`` that can change the outputs of stage ``info``:
+    its section (the method's, for a stage the method does its own way, with the method's name),
+    the dataset keys and the dataset's identity."""
+    section = section_of(info.name, cfg.method) if info.name in STAGE_BY_NAME else info.section
+    own = {k: v for k, v in to_dict(getattr(cfg, section)).items() if k not in SPEED_KEYS}
     derived = {k: own.pop(k) for k in info.derived}
     for key in info.ignored:
         own.pop(key, None)
     if "backbone" in own:  # "" means the classifier's: record the backbone itself
-        own["backbone"] = cfg.backbone_of(getattr(cfg, info.section))
+        own["backbone"] = cfg.backbone_of(getattr(cfg, section))
     dataset = {k: v for k, v in to_dict(cfg.dataset).items() if k in DATASET_KEYS}
     # which images a per-image stage covers does not change any image's output; the images a
     # network trains on do
     identity = open_dataset(cfg.dataset).identity([cfg.dataset.train_split] if info.trains else [])
-    return {"data": identity, "dataset": dataset, info.section: own}, derived
+    settings = {"data": identity, "dataset": dataset, section: own}
+    if section != info.section:  # PSA's records stay as they were before methods existed
+        settings["method"] = cfg.method
+    return settings, derived
 
 
 def wanted(cfg: RunConfig, stage: str) -> Record:
@@ -242,15 +248,17 @@ def _keep_given(wd: WorkDir, info: StageInfo, old: Record, new: Record) -> Start
     return _write(wd, Start("given", kept, derived=tuple(changed)))
 
 
-def imported(cfg: RunConfig, stage: str, given: str, place: Callable[[], None]) -> Start:
+def imported(cfg: RunConfig, stage: str, given: str, place: Callable[[], None], same_outputs: bool = False) -> Start:
     """Outputs of ``stage`` made elsewhere (``import-cams``), described by ``given`` (where they
-    came from, with a digest of their content). The same ``given`` as on disk: nothing changes.
-    Otherwise the stage's outputs on disk are set aside, ``place()`` puts the new ones in its
-    folder, and the record is written last (outputs without a record are never reused)."""
+    came from, with a digest of their content). The same ``given`` as on disk, or
+    ``same_outputs`` (the new outputs equal those on disk byte for byte, wherever they came
+    from): nothing changes, so nothing downstream is redone. Otherwise the stage's outputs on
+    disk are set aside, ``place()`` puts the new ones in its folder, and the record is written
+    last (outputs without a record are never reused)."""
     wd, info = WorkDir(cfg.workdir), RECORDED_BY_NAME[stage]
     old, (_, derived) = read(wd, stage), stage_settings(cfg, info)
-    if isinstance(old, Record) and old.given == given and _outputs(wd, info):
-        return Start("given", old)
+    if isinstance(old, Record) and (old.given == given or same_outputs) and _outputs(wd, info):
+        return Start("given" if old.given else "continued", old)
     if old is not None or _outputs(wd, info):
         _set_aside(wd, stage, old.fingerprint if isinstance(old, Record) else "unrecorded", info.folders)
     place()
@@ -348,11 +356,18 @@ def recorded_config(workdir: str | Path, base: RunConfig | None = None,
     for stage in stages if stages is not None else tuple(RECORDED_BY_NAME):
         record = read(wd, stage)
         if isinstance(record, Record) and not record.given:
-            section = RECORDED_BY_NAME[stage].section
-            cfg = apply_overrides(cfg, {"dataset": record.settings["dataset"],
+            section = recorded_section(record)
+            method = {"method": record.settings.get("method", "psa")} if stage in METHOD_SECTIONS["irn"] else {}
+            cfg = apply_overrides(cfg, {**method, "dataset": record.settings["dataset"],
                                         section: {**record.settings[section], **record.derived}})
     validate(cfg)
     return cfg
+
+
+def recorded_section(record: Record) -> str:
+    """The config section whose settings ``record`` holds (the stage's, or its method's; the
+    stage's for a record of given outputs, which holds none)."""
+    return next((k for k in record.settings if k not in ("data", "dataset", "method")), record.stage)
 
 
 def recorded_stages(workdir: str | Path) -> dict[str, Record | str]:

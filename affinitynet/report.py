@@ -37,7 +37,7 @@ from affinitynet.data.palette import VOC_COLORMAP
 from affinitynet.data.voc import VOCDataset, open_dataset
 from affinitynet.diagnostics import THRESHOLD_GAP, sweep_summary, threshold_gap
 from affinitynet.errors import AffinityNetError, InputError
-from affinitynet.stage_table import RECORDED_BY_NAME, STAGE_BY_NAME, STAGE_TABLE
+from affinitynet.stage_table import STAGE_BY_NAME, STAGE_TABLE
 from affinitynet.visualize import Theme
 
 GALLERY_IMAGES = 24  # default number of gallery images
@@ -350,7 +350,7 @@ def _records(r: _Report) -> str:
             rows.append(f"<tr><th>{esc(stage)}</th><td class=\"text\">–</td><td class=\"text\">{esc(record)}</td>"
                         "<td class=\"text\">not usable: the next run redoes it</td></tr>")
             continue
-        section = RECORDED_BY_NAME[stage].section
+        section = records.recorded_section(record)
         settings = (f"given: {record.given}" if record.given else
                     "; ".join(f"{k} {v}" for k, v in _leaves(record.settings.get(section, {}) | record.derived)))
         state = (f"made from earlier outputs of {', '.join(behind[stage])}: the next run redoes it"

@@ -69,6 +69,19 @@ STAGE_TABLE: tuple[StageInfo, ...] = (
 
 STAGE_BY_NAME: dict[str, StageInfo] = {s.name: s for s in STAGE_TABLE}
 
+#: the stages a method other than PSA's does its own way, and the config section each then reads
+#: (``RunConfig.method``); the stage keeps its name, folders and place, so everything that reads
+#: a work folder works for both methods
+METHOD_SECTIONS: dict[str, dict[str, str]] = {
+    "psa": {},
+    "irn": {"aff_labels": "ir_labels", "train_aff": "train_irn", "random_walk": "irn_labels"},
+}
+
+
+def section_of(stage: str, method: str) -> str:
+    """The config section stage ``stage`` reads under ``method``."""
+    return METHOD_SECTIONS[method].get(stage, stage)
+
 #: ``affinitynet tune``: not a pipeline stage, but its outputs have a record too
 TUNE = StageInfo("tune", "tune", "search bg score, CRF alphas and walk settings on images with ground truth", False,
                  "tune", reads=("make_cam", "aff_labels", "train_aff", "random_walk"))

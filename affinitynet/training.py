@@ -26,7 +26,7 @@ from affinitynet.artifacts import TrainingFolder, WorkDir
 from affinitynet.config import RunConfig, TrainingConfig, to_dict
 from affinitynet.errors import AffinityNetError, InputError
 from affinitynet.inference import load_backbone_weights
-from affinitynet.models import input_to
+from affinitynet.models import BoundaryDisplacementNet, input_to
 from affinitynet.models.optim import build_optimizer
 
 #: a training stage's loss: (network, batch on the device) -> (loss, extra floats for the log)
@@ -225,19 +225,17 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, ctx: StepContext
 
 def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_set: Dataset | None,
         settings: TrainingConfig, out: TrainingFolder, device: torch.device, *, resume: bool,
-        config: Any, desc: str, channels_last: bool | None = None,
-        meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        config: Any, desc: str, channels_last: bool | None = None, meta: dict[str, Any] | None = None,
+        finish: Callable[[torch.nn.Module], None] | None = None) -> dict[str, Any]:
     """Train ``model`` with ``criterion`` on ``train_set`` for ``settings.epochs`` epochs.
-
-    ``criterion(model, batch) -> (loss, extra metrics)`` gets batches already on ``device``
-    (images NHWC when the network is: ``channels_last``, by default ``settings.channels_last`` on
-    CUDA, where it is faster; on the CPU it is not). ``train_set`` is indexed with
-    ``(index, augmentation seed)`` pairs (see ``EpochSampler``), ``val_set`` with plain indices.
-    SGD with the poly schedule over the model's parameter groups; the global batch is split over
-    the ranks and the schedule counts global steps. ``Checkpointer`` writes ``out`` (``resume``
+    ``criterion(model, batch) -> (loss, extra metrics)`` gets batches on ``device`` (NHWC with
+    ``channels_last``, default ``settings.channels_last`` on CUDA). ``train_set`` is indexed with
+    ``(index, augmentation seed)`` pairs (``EpochSampler``), ``val_set`` with plain indices. SGD
+    with the poly schedule over the model's parameter groups; the global batch is split over the
+    ranks and the schedule counts global steps. ``Checkpointer`` writes ``out`` (``resume``
     continues from its checkpoint); with ``meta`` (names, numbers, lists only) ``out.final``
-    describes itself (e.g. for ``predict``). Returns {"final", "steps", "history", "seconds"}.
-    """
+    describes itself (e.g. for ``predict``); ``finish(model)`` runs after the last epoch, before
+    ``out.final`` is written. Returns {"final", "steps", "history", "seconds"}."""
     t0 = time.time()
     checkpoints = Checkpointer(out, config, desc)
     if len(train_set) == 0:
@@ -270,6 +268,8 @@ def fit(model: torch.nn.Module, criterion: Criterion, train_set: Dataset, val_se
                           f"({record['seconds']:.1f}s)")
         distributed.barrier()
     del loader  # the last reference to the persistent workers: stops them
+    if finish is not None:
+        finish(model)  # before final.pth: a network is final only with it (IRN's mean shift)
     checkpoints.save_final(model, meta)
     distributed.barrier()
     return {"final": str(out.final), "steps": step, "history": history, "seconds": time.time() - t0}
@@ -341,10 +341,11 @@ def initial_weights(net: torch.nn.Module, cfg: RunConfig, section: TrainingConfi
     ``init_from_classifier``, networks on the run's backbones only) from the trained classifier
     of this run when it exists and has the same backbone; otherwise leave the fresh
     initialisation."""
+    target = net.trunk() if isinstance(net, BoundaryDisplacementNet) else net
     if section.weights:
-        load_backbone_weights(net, section.weights)
+        load_backbone_weights(target, section.weights)
     elif getattr(section, "init_from_classifier", False) and getattr(section, "model", "largefov") == "largefov":
         final = artifacts.WorkDir(cfg.workdir).classifier.final
         if final.exists() and cfg.backbone_of(section) == cfg.train_cam.backbone:
-            load_backbone_weights(net, final)
+            load_backbone_weights(target, final)
     return net

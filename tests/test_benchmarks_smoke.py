@@ -176,3 +176,23 @@ def test_bench_fidelity_quick(capsys):
     assert len(rows) == 6
     # float16 scores change (almost) no cell; both pixel rows report grey levels
     assert all(r[-1].endswith("%)") for r in rows[:4]) and "grey levels" in rows[-1][-1]
+
+
+def test_bench_import_cams_quick(capsys):
+    assert load("bench_import_cams").main(["--quick", "--formats", "irn", "--blurs", "0.06"]) == 0
+    out = capsys.readouterr().out
+    trips = table_rows(out, "| format |")
+    assert [r[0] for r in trips] == ["irn"]
+    assert all(r[1].split(" of ")[0] == r[1].split(" of ")[1] != "0" and r[3] == "none" for r in trips), trips
+    rows = table_rows(out, "| CAMs |")
+    assert [r[0] for r in rows] == ["ours (demo classifier)", "blurred ground truth, blur 0.06"]
+    assert all(0 <= float(r[i]) <= 100 for r in rows for i in (1, 2, 4))
+
+
+def test_bench_random_walk_quick(capsys):
+    """Both walks, dense and sparse at the same thread count, agree on a small grid."""
+    assert load("bench_random_walk").main(["--quick", "--grids", "12", "--repeats", "1", "--threads", "1"]) == 0
+    rows = table_rows(capsys.readouterr().out, "| walk |")
+    assert [(r[0], r[2], r[3], r[4]) for r in rows] == [("psa", "12 x 12 (144)", "21", "1"),
+                                                          ("irn", "12 x 12 (144)", "20", "1")]
+    assert all(r[-1] == "100.000 %" and r[-2].endswith("x") for r in rows), rows

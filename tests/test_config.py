@@ -46,13 +46,34 @@ PAPER_DEFAULTS = [
     ("random_walk", "beta", 8.0, "Sec. 3.4 / infer_aff.py"),
     ("random_walk", "logt", 8, "Sec. 3.4 / infer_aff.py: t = 2^8 = 256"),
     ("random_walk", "radius", 5, "infer_aff.py: the AffinityNet's pairs, radius 5 as in training"),
+    # IRN (run_sample.py and the steps it calls), used with method: irn
+    ("ir_labels", "fg_threshold", 0.30, "IRN run_sample.py conf_fg_thres"),
+    ("ir_labels", "bg_threshold", 0.05, "IRN run_sample.py conf_bg_thres"),
+    ("ir_labels", "gt_prob", 0.7, "IRN imutils.crf_inference_label"),
+    ("train_irn", "radius", 10, "IRN train_irn.py: PathIndex(radius=10)"),
+    ("train_irn", "crop", 512, "IRN run_sample.py irn_crop_size"),
+    ("train_irn", "rescale", (0.5, 1.5), "IRN train_irn.py: rescale=(0.5, 1.5)"),
+    ("train_irn", "batch_size", 32, "IRN run_sample.py irn_batch_size"),
+    ("train_irn", "epochs", 3, "IRN run_sample.py irn_num_epoches"),
+    ("train_irn", "lr", 0.1, "IRN run_sample.py irn_learning_rate"),
+    ("train_irn", "weight_decay", 1e-4, "IRN run_sample.py irn_weight_decay"),
+    ("train_irn", "momentum", 1e-4, "IRN's PolyOptimizer passes the weight decay as SGD's momentum"),
+    ("train_irn", "color_jitter", (0.0, 0.0, 0.0, 0.0), "IRN VOC12AffinityDataset: no colour jitter"),
+    ("irn_labels", "beta", 10.0, "IRN run_sample.py beta"),
+    ("irn_labels", "exp_times", 8, "IRN run_sample.py exp_times"),
+    ("irn_labels", "radius", 5, "IRN make_sem_seg_labels.py: the walk's radius 5"),
+    ("irn_labels", "sem_seg_bg_thres", 0.25, "IRN run_sample.py sem_seg_bg_thres"),
+    ("irn_labels", "ins_seg_bg_thres", 0.25, "IRN run_sample.py ins_seg_bg_thres"),
+    ("irn_labels", "crop", 512, "IRN make_sem_seg_labels.py: EdgeDisplacement(crop_size=512)"),
+    ("", "method", "psa", "this paper's method unless irn is chosen"),
 ]
 
 
 @pytest.mark.parametrize("section, key, value, source", PAPER_DEFAULTS,
                          ids=[f"{s}.{k}" for s, k, _, _ in PAPER_DEFAULTS])
 def test_paper_defaults(section, key, value, source):
-    assert getattr(getattr(C.RunConfig(), section), key) == value, source
+    cfg = C.RunConfig()
+    assert getattr(getattr(cfg, section) if section else cfg, key) == value, source
 
 
 def test_yaml_and_set_overrides(tmp_path):
@@ -79,6 +100,11 @@ def test_yaml_and_set_overrides(tmp_path):
     (["train_cam.amp=maybe"], "train_cam.amp"),
     (["train_cam.resize_long=[1,2,3]"], "train_cam.resize_long"),
     (["random_walk.method=magic"], "method"),
+    (["method=seam"], "method"),
+    (["method=irn", "train_cam.backbone=vgg16"], "method"),  # IRN's network has no VGG-16 variant
+    (["train_irn.crop=60"], "train_irn.crop"),  # under 4 * (2 * 10 - 1) for radius 10
+    (["train_irn.crop=90"], "train_irn.crop"),  # not a multiple of 4
+    (["train_irn.rescale=[1.5,0.5]"], "train_irn.rescale"),
 ])
 def test_bad_values_name_the_key(sets, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -170,6 +196,7 @@ def test_choices_agree_with_what_they_name():
     from affinitynet.stages import export
 
     assert set(C.BACKBONE_NAMES) == set(BACKBONES)
+    assert set(C.IRN_BACKBONES) == {name for name, spec in BACKBONES.items() if spec.irn}
     assert set(C.SEGMENTATION_MODEL_NAMES) == set(SEGMENTATION_MODELS)
     assert set(C.SYNTHETIC_FAMILIES) == set(families())
     assert set(C.EXPORT_FORMATS) == set(export.EXPORTERS)

@@ -89,6 +89,14 @@ def test_export_then_import_gives_the_same_cams_and_labels(made, fmt, tmp_path, 
     assert same_files(made["work"].aff_labels, work.aff_labels, "*.png")
     assert same_files(made["work"].crf, work.crf, "*.npz")
 
+    # imported back into (a copy of) the folder that made them: nothing downstream is redone
+    copy = WorkDir(tmp_path / "copy")
+    shutil.copytree(made["work"].root, copy.root)
+    assert import_cams(made, copy.root, out / "cams", fmt, *trust) == 0
+    assert records.read(copy, "make_cam") == records.read(made["work"], "make_cam")
+    assert records.behind(records.recorded_stages(copy.root)) == {}
+    assert same_files(made["work"].cam, copy.cam, "*.npz") and not copy.superseded.exists()
+
 
 def test_run_continues_from_imported_cams(made, tmp_path, capsys):
     """run after import-cams: no classifier trained, no CAM recomputed; the same CAMs again

@@ -51,13 +51,6 @@ def pipeline_run(tmp_path_factory):
     return reduced_run(tmp_path_factory.mktemp("pipeline"), "shapes")
 
 
-def test_clutter_family_random_walk_beats_cam(tmp_path):
-    """The same reduced recipe on the second family (cluttered, 96-640 px images)."""
-    m = reduced_run(tmp_path, "clutter", train=120, extra=("--set=train_aff.epochs=12",))["metrics"]
-    assert m["random_walk"]["miou"] > m["make_cam"]["miou"] + 3, (m["make_cam"]["miou"], m["random_walk"]["miou"])
-    assert m["dataset"]["long_side"]["min"] < 150 < 400 < m["dataset"]["long_side"]["max"]
-
-
 def all_background_miou(voc: VOCDataset, names: list[str]) -> float:
     """mIoU of predicting background everywhere, computed by hand from the ground truth."""
     bg = total = 0
@@ -208,11 +201,25 @@ def test_rerun_skips_finished_stages(pipeline_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["shapes", "clutter"])
 def test_full_demo(tmp_path, family):
-    """The README's main job: ``affinitynet demo`` (3-4 minutes on 2 cores), on both families."""
+    """The README's main job: ``affinitynet demo`` (3-4 minutes on 2 cores), on both families
+    (clutter: 96-640 px images, so the working size rule matters)."""
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--family", family]) == 0
     m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert m["random_walk"]["miou"] >= m["make_cam"]["miou"] + 10
     assert m["segment"]["miou"] > m["make_cam"]["miou"] + 5
+    if family == "clutter":
+        assert m["dataset"]["long_side"]["min"] < 150 < 400 < m["dataset"]["long_side"]["max"]
+
+
+@pytest.mark.slow
+def test_full_demo_with_irn(tmp_path):
+    """``affinitynet demo --set method=irn`` (README, "IRN"; about 10 minutes on 2 cores): IRN's
+    labels, network and walk on the demo's CAMs (measured: CAM 55.0, IRN's labels 88.3, the
+    segmentation network 84.1)."""
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--set", "method=irn"]) == 0
+    m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert m["random_walk"]["miou"] >= m["make_cam"]["miou"] + 20
+    assert m["segment"]["miou"] > m["make_cam"]["miou"] + 15
 
 
 def test_tune_finds_settings_at_least_as_good_on_held_out_images(pipeline_run, capsys):

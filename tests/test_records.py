@@ -20,10 +20,12 @@ import pytest
 
 from affinitynet import artifacts, records
 from affinitynet.algorithms.cam import cam_prediction
+from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
 from affinitynet.cli import main
 from affinitynet.data.images import load_label_png
 from affinitynet.data.synthetic import generate
+from affinitynet.data.voc import VOCDataset
 
 from _helpers import TINY_RUN, single_torch_thread, write_config
 
@@ -278,3 +280,48 @@ def test_tune_is_kept_or_redone_like_a_stage(folder, capsys):
     assert status["tune"] == "redone: the outputs of random_walk changed"
     # its "current" settings are those the outputs were made with (the records), not the config's
     assert json.loads((wd.tune / "tune.json").read_text())["current"]["random_walk"]["beta"] == 4.0
+
+
+#: method irn at its smallest: IRN's labels, network and walk on the tiny run's CAMs
+IRN_SETS = ["method=irn", "ir_labels.processes=1", "ir_labels.crf_iterations=1", "train_irn.epochs=1",
+            "train_irn.batch_size=2", "train_irn.crop=80", "train_irn.num_workers=0", "irn_labels.exp_times=2",
+            "irn_labels.crop=96", "irn_labels.num_workers=0"]
+
+
+def test_switching_the_method_redoes_stages_2b_to_5_only(first, folder, capsys):
+    from affinitynet.api import load_irn_labeler, load_pseudo_labeler
+    from affinitynet.errors import InputError
+
+    wd, cfg_file = folder
+    kept = outputs(wd, "classifier", "cam", "cam_pred")
+    sets = [a for s in IRN_SETS for a in ("--set", s)]
+    status = run(capsys, "run", "--config", str(cfg_file), *sets)
+    assert [status[s] for s in STAGES[:2]] == ["up to date"] * 2
+    assert all(status[s].startswith("redone") for s in STAGES[2:]), status
+    assert outputs(wd, "classifier", "cam", "cam_pred") == kept
+    for stage, section in (("aff_labels", "ir_labels"), ("train_aff", "train_irn"), ("random_walk", "irn_labels")):
+        record = records.read(wd, stage)
+        assert record.settings["method"] == "irn" and section in record.settings
+    assert "method" not in records.read(wd, "make_cam").settings  # PSA's records are as before
+    # IRN's outputs: confident labels without CRF score files, its network with the mean shift
+    assert len(list(wd.aff_labels.glob("*.png"))) == 12 and not list(wd.crf.glob("*.npz"))
+    state = artifacts.load_checkpoint(wd.affinity.final)
+    assert "fc_edge1.0.weight" in state and float(state["mean_shift.running_mean"].abs().sum()) > 0
+    assert len(list(wd.pseudo_labels.glob("*.png"))) == 12
+    assert records.recorded_config(wd.root).method == "irn"
+    with pytest.raises(InputError, match="load_irn_labeler"):
+        load_pseudo_labeler(wd.root)
+    # the API gives the stage's labels (given the image and CAMs at the run's working size)
+    labeler = load_irn_labeler(wd.root)
+    assert labeler.settings.exp_times == 2
+    voc = VOCDataset(first["data"])
+    name = voc.split("val")[0]
+    work = WorkImage(voc.load_image(name), 256)
+    keys, maps = artifacts.load_cam(wd.cam_file(name), work.native_size, voc.num_classes)
+    label = work.label_to_native(labeler.semantic_label(work.image, keys, work.maps(maps)))
+    assert np.array_equal(label, load_label_png(wd.png(wd.pseudo_labels, name)))
+    # and back: PSA's stages again, the classifier and CAMs still kept
+    status = run(capsys, "run", "--config", str(cfg_file))
+    assert [status[s] for s in STAGES[:2]] == ["up to date"] * 2
+    assert all(status[s].startswith("redone") for s in STAGES[2:]), status
+    assert len(list(wd.crf.glob("*.npz"))) == 12 and "method" not in records.read(wd, "train_aff").settings

@@ -126,3 +126,31 @@ def test_affinity_augment_rejects_bad_crop_and_shapes():
     img, low, high = _two_region_case()
     with pytest.raises(ValueError):
         AffinityAugment(crop=64, resize_long=None, flip=True, color_jitter=(0, 0, 0, 0))(img, low[:, :-1], high)
+
+
+def test_irn_augment_rescales_crops_and_reduces_the_label():
+    from affinitynet.data.transforms import IRNAugment
+
+    image = np.zeros((60, 100, 3), np.uint8)
+    image[:, 50:] = 255
+    label = np.zeros((60, 100), np.uint8)
+    label[:, 50:] = 3
+    label[:10] = 255
+    aug = IRNAugment(crop=64, rescale=(0.5, 1.5), flip=True)
+    sizes = set()
+    for seed in range(12):
+        x, reduced = aug(image, label, generator=torch.Generator().manual_seed(seed))
+        assert x.shape == (3, 64, 64) and reduced.shape == (16, 16) and reduced.dtype == torch.uint8
+        values = set(np.unique(reduced.numpy()).tolist())
+        assert values <= {0, 3, 255}
+        # the label follows the image (flip, scale, crop): class 3 cells are on the white half
+        not_black = (x.mean(0) > -0.5)[2::4, 2::4].numpy()
+        cells = reduced.numpy() == 3
+        assert not (cells & ~not_black).any()
+        sizes.add(float((x.abs().sum(0) > 0).sum()))
+    assert len(sizes) > 3  # random scales (and crops) differ
+    # no rescale: the image keeps its size inside the canvas, padded with 0 / 255: of the 32 x 32
+    # cells, the 15 x 25 of the image minus its ~3 unsure rows are labelled
+    x, reduced = IRNAugment(crop=128, rescale=None, flip=False)(image, label)
+    assert reduced.shape == (32, 32) and 12 * 25 <= int((reduced != 255).sum()) <= 13 * 25
+    assert int((x.abs().sum(0) > 0).sum()) == 60 * 100  # normalised pixels are non-zero, padding is 0

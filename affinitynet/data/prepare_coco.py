@@ -117,13 +117,7 @@ def read_instances(path: str | os.PathLike) -> SplitAnnotations:
     RLE dict whose ``size`` is the image's (H, W).
     """
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{path}: annotation file does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a valid JSON annotation file ({exc})".splitlines()[0]) from None
+    data = artifacts.read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object with images, annotations and categories")
     for key in ("images", "annotations", "categories"):

@@ -1,6 +1,6 @@
 """The built-in synthetic datasets in VOC layout: ``generate`` writes one of the families
 (``families``: "shapes", ``synthetic_shapes``; "clutter", ``synthetic_clutter``), with image-level
-labels (VOC XML), ground truth (palette PNGs), split lists and the class list.
+labels (VOC XML), ground truth (palette PNGs of classes and of instances), split lists and the class list.
 """
 
 from __future__ import annotations
@@ -36,15 +36,27 @@ def _annotation_xml(name: str, sample: SyntheticSample, classes: list[str]) -> s
 
 
 def _rescaled(s: SyntheticSample, scale: float) -> SyntheticSample:
-    """``s`` with its image, label map and boxes resized by ``scale`` (the masks are dropped)."""
+    """``s`` with its image, label map, object masks and boxes resized by ``scale`` (the cue
+    masks and distractors are dropped)."""
     if scale == 1.0:
         return s
     height, width = s.label.shape
     size = (max(8, round(width * scale)), max(8, round(height * scale)))
     boxes = [tuple(int(v * scale) for v in box) for box in s.boxes]
+    masks = [np.asarray(Image.fromarray(m).resize(size, Image.NEAREST)) for m in s.object_masks]
     return SyntheticSample(image=np.asarray(Image.fromarray(s.image).resize(size, Image.BICUBIC)),
                            label=np.asarray(Image.fromarray(s.label).resize(size, Image.NEAREST)),
-                           object_classes=s.object_classes, boxes=boxes)
+                           object_classes=s.object_classes, object_masks=masks, boxes=boxes)
+
+
+def object_map(sample: SyntheticSample) -> np.ndarray:
+    """(H, W) uint8 instance map in VOC's ``SegmentationObject`` convention: 0 background,
+    object i (in drawing order) -> i + 1. The objects never overlap, and the class map holds
+    each one's class under it."""
+    objects = np.zeros(sample.label.shape, np.uint8)
+    for i, mask in enumerate(sample.object_masks):
+        objects[mask & (sample.label > 0)] = i + 1
+    return objects
 
 
 def families() -> dict[str, tuple[Callable[..., SyntheticSample], Callable[[int], list[str]], int]]:
@@ -60,14 +72,16 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int = 0, fa
     110-176 px; ``sample_kw`` go to the family's sample function (e.g. ``max_objects``).
 
     Writes ``JPEGImages/*.jpg`` (quality 95), ``Annotations/*.xml``, ``SegmentationClass/*.png``
-    (VOC palette), ``ImageSets/Segmentation/{train,val,train_aug}.txt`` (``train_aug`` = ``train``
-    so the pipeline's VOC defaults apply) and ``classes.txt``. Image names: ``train_00000``,
+    (VOC palette), ``SegmentationObject/*.png`` (instance ids, ``object_map``),
+    ``ImageSets/Segmentation/{train,val,train_aug}.txt`` (``train_aug`` = ``train`` so the
+    pipeline's VOC defaults apply) and ``classes.txt``. Image names: ``train_00000``,
     ``val_00000``, ...
     """
     make, names_of, num_classes = _family(family, num_classes, sample_kw)
     start = time.perf_counter()
     root = Path(out)
-    for d in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
+              "ImageSets/Segmentation"):
         (root / d).mkdir(parents=True, exist_ok=True)
     classes = names_of(num_classes)
     artifacts.write_lines(root / "classes.txt", classes)
@@ -113,9 +127,10 @@ def _family(family: str, num_classes: int | None, sample_kw: dict) -> tuple[Call
 
 
 def _write_sample(root: Path, name: str, sample: SyntheticSample, classes: list[str]) -> None:
-    """The image (JPEG, quality 95), its ground truth and its annotation."""
+    """The image (JPEG, quality 95), its ground truth (classes and instances) and its annotation."""
     Image.fromarray(sample.image).save(root / "JPEGImages" / f"{name}.jpg", format="JPEG", quality=95)
     save_label_png(root / "SegmentationClass" / f"{name}.png", sample.label)
+    save_label_png(root / "SegmentationObject" / f"{name}.png", object_map(sample))
     (root / "Annotations" / f"{name}.xml").write_text(_annotation_xml(name, sample, classes), encoding="utf-8")
 
 

@@ -39,6 +39,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from affinitynet.algorithms.boundary import reduce_label
 from affinitynet.algorithms.crf import confident_labels
 from affinitynet.conventions import IGNORE_INDEX, STRIDE
 
@@ -315,6 +316,37 @@ class SegmentationTransform(_Augment):
         gen = generator if generator is not None else self.generator
         x, mask = self._geometric_and_color(image, np.asarray(label, dtype=np.uint8), gen)
         return self._crop(x, mask, gen)
+
+
+class IRNAugment(SegmentationTransform):
+    """IRN's training sample of one image (IRN ``VOC12AffinityDataset``): the image and its
+    confident label map rescaled by a random factor in ``rescale`` (bicubic / nearest), flipped,
+    normalised and cropped together at a random place (padding: 0 / 255), then the label
+    reduced to the stride-4 grid as IRN does (``boundary.reduce_label``).
+
+    ``(image uint8 (H, W, 3), label uint8 (H, W)) -> (image float32 (3, crop, crop), label uint8
+    (crop/4, crop/4))``: 0 background, class index + 1, 255 unsure.
+    """
+
+    def __init__(self, crop: int, rescale: tuple[float, float] | None, flip: bool, normalization: str = "imagenet",
+                 generator: torch.Generator | None = None, stride: int = 4) -> None:
+        super().__init__(crop, None, (0.0, 0.0, 0.0, 0.0), normalization, generator, flip)
+        self.rescale, self.stride = rescale, stride
+
+    @property
+    def rescales(self) -> bool:
+        return self.rescale is not None
+
+    def _random_size(self, height: int, width: int, gen: torch.Generator | None) -> list[int] | None:
+        if self.rescale is None:
+            return None
+        scale = _uniform(*self.rescale, gen)
+        return [max(1, round(height * scale)), max(1, round(width * scale))]  # IRN's pil_rescale
+
+    def __call__(self, image: np.ndarray, label: np.ndarray,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, mask = super().__call__(image, label, generator)
+        return x, torch.from_numpy(np.array(reduce_label(mask.numpy(), self.stride)))
 
 
 class ResizePadTransform:

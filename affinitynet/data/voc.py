@@ -6,6 +6,7 @@ Layout under ``root`` (the VOC 2012 names)::
     Annotations/<name>.xml            object names -> image-level labels
     SegmentationClass/<name>.png      ground-truth label maps (palette PNG), optional
     SegmentationClassAug/<name>.png   SBD-augmented ground truth, used where the above is absent
+    SegmentationObject/<name>.png     instance ids (palette PNG; 0 and 255 = no instance), optional
     ImageSets/Segmentation/<split>.txt
     classes.txt                       optional; one object class per line (default: VOC's 20)
     labels.json | labels.csv          optional image -> class names (instead of the XML)
@@ -317,6 +318,25 @@ class VOCDataset:
             raise InputError(f"{path}: label value {int(gt[bad].max())} is not a class "
                              f"(0..{self.num_classes} or {IGNORE_INDEX})")
         return gt
+
+    def objects_path(self, name: str) -> Path:
+        return self.root / "SegmentationObject" / f"{name}.png"
+
+    def has_objects(self, name: str) -> bool:
+        """Whether image ``name`` has an instance map (and so instance ground truth)."""
+        return self.objects_path(name).is_file()
+
+    def load_objects(self, name: str) -> np.ndarray:
+        """(H, W) uint8 instance map of ``SegmentationObject``: 0 background, 1..n one id per
+        object, 255 no instance (VOC draws it on object borders); the class of each object is
+        in the class map (``load_gt``) under it."""
+        path = self.objects_path(name)
+        if not path.is_file():
+            raise InputError(f"{path}: instance ground truth of image '{name}' does not exist")
+        objects = load_label_png(path)
+        if self.exif_transpose:
+            objects = orient_like_image(objects, self.image_path(name))
+        return objects
 
 
 # -----------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from affinitynet.models.resnet38 import (ResNet38, ResNet38AffinityNet, ResNet38
 from affinitynet.models.resnet50 import (ResNet50, ResNet50AffinityNet, ResNet50Classifier,
                                          ResNet50SegmentationNet, remap_resnet50_state_dict)
 from affinitynet.models.segmentation import AUX_LOSS_WEIGHT, DeepLabV2, TorchvisionDeepLabV3, main_scores
-from affinitynet.models.tiny import Tiny, TinyAffinityNet, TinyClassifier, TinySegmentationNet
+from affinitynet.models.irn import BoundaryDisplacementNet, ResNet50IRN
+from affinitynet.models.tiny import Tiny, TinyAffinityNet, TinyClassifier, TinyIRN, TinySegmentationNet
 from affinitynet.models.vgg16 import VGG16, VGG16AffinityNet, VGG16Classifier, VGG16SegmentationNet
 
 
@@ -32,13 +33,14 @@ class BackboneSpec:
     classifier: type[ClassifierNet]
     affinity: type[AffinityNet]
     segmentation: type[SegmentationNet]
+    irn: type[BoundaryDisplacementNet] | None = None  # IRN's network (``method: irn``), where there is one
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet38": BackboneSpec(ResNet38Classifier, ResNet38AffinityNet, ResNet38SegmentationNet),
     "vgg16": BackboneSpec(VGG16Classifier, VGG16AffinityNet, VGG16SegmentationNet),
-    "resnet50": BackboneSpec(ResNet50Classifier, ResNet50AffinityNet, ResNet50SegmentationNet),
-    "tiny": BackboneSpec(TinyClassifier, TinyAffinityNet, TinySegmentationNet),
+    "resnet50": BackboneSpec(ResNet50Classifier, ResNet50AffinityNet, ResNet50SegmentationNet, ResNet50IRN),
+    "tiny": BackboneSpec(TinyClassifier, TinyAffinityNet, TinySegmentationNet, TinyIRN),
 }
 
 
@@ -57,6 +59,15 @@ def build_classifier(backbone: str, num_classes: int = 20) -> ClassifierNet:
 def build_affinity_net(backbone: str) -> AffinityNet:
     """AffinityNet on ``backbone``, in training mode (frozen layers frozen)."""
     return _spec(backbone).affinity().train()
+
+
+def build_irn_net(backbone: str) -> BoundaryDisplacementNet:
+    """IRN's boundary / displacement network on ``backbone``, in training mode (backbone frozen)."""
+    irn = _spec(backbone).irn
+    if irn is None:
+        raise ValueError(f"IRN's network has no {backbone} variant; choose one of "
+                         f"{', '.join(name for name, spec in BACKBONES.items() if spec.irn)}")
+    return irn().train()
 
 
 def build_segmentation_net(backbone: str, num_classes: int = 20) -> SegmentationNet:
@@ -86,7 +97,7 @@ def build_segmentation_model(model: str, backbone: str, num_classes: int, aux: b
 
 __all__ = [
     "BACKBONES", "BackboneSpec", "Backbone", "ClassifierNet", "AffinityNet", "SegmentationNet",
-    "build_classifier", "build_affinity_net", "build_segmentation_net", "build_segmentation_model",
+    "build_classifier", "build_affinity_net", "build_irn_net", "build_segmentation_net", "build_segmentation_model",
     "SEGMENTATION_MODELS", "DeepLabV2", "TorchvisionDeepLabV3", "AUX_LOSS_WEIGHT", "main_scores",
     "load_state_dict_strict", "load_backbone_state_dict", "check_state_dict", "backbone_keys", "input_to",
     "remap_resnet50_state_dict",
@@ -94,5 +105,6 @@ __all__ = [
     "ResNet38", "ResNet38Classifier", "ResNet38AffinityNet", "ResNet38SegmentationNet",
     "VGG16", "VGG16Classifier", "VGG16AffinityNet", "VGG16SegmentationNet",
     "ResNet50", "ResNet50Classifier", "ResNet50AffinityNet", "ResNet50SegmentationNet",
-    "Tiny", "TinyClassifier", "TinyAffinityNet", "TinySegmentationNet",
+    "Tiny", "TinyClassifier", "TinyAffinityNet", "TinySegmentationNet", "TinyIRN", "ResNet50IRN",
+    "BoundaryDisplacementNet",
 ]

@@ -170,8 +170,9 @@ def load_state_dict_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor
 
 def backbone_keys(net: nn.Module) -> list[str]:
     """State-dict keys of ``net`` that belong to its backbone (not to the heads' fc8 / f8_* /
-    gn8_* / f9 / fc8_seg)."""
-    head_prefixes = ("fc8.", "f8_", "gn8_", "f9.", "fc8_seg.")
+    gn8_* / f9 / fc8_seg, nor to IRN's boundary and displacement branches)."""
+    head_prefixes = ("fc8.", "f8_", "gn8_", "f9.", "fc8_seg.", "fc_edge", "fc_dp", "mean_shift.", "edge_layers.",
+                     "dp_layers.")
     return [k for k in net.state_dict() if not k.startswith(head_prefixes)]
 
 

@@ -145,7 +145,7 @@ class MeanShift(nn.Module):
         return x - self.running_mean.view(1, -1, 1, 1)
 
 
-def _block(c_in: int, c_out: int, groups: int, upsample: int = 1) -> nn.Sequential:
+def branch_layer(c_in: int, c_out: int, groups: int, upsample: int = 1) -> nn.Sequential:
     """1x1 conv (no bias), GroupNorm, bilinear upsampling (if any), ReLU: IRN's branch layer,
     upsampling before the ReLU as in the original."""
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 1, bias=False), nn.GroupNorm(groups, c_out)]
@@ -155,88 +155,36 @@ def _block(c_in: int, c_out: int, groups: int, upsample: int = 1) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-class ResNet50IRN(Backbone):
-    """IRN's inter-pixel relation network (``net.resnet50_irn``): a
-    frozen ResNet-50 (strides 2, 2, 2, 1) with a class boundary branch and a displacement field
-    branch, both on the stride-4 grid.
+class BoundaryDisplacementNet(Backbone):
+    """What every inter-pixel relation network shares (IRN's ``resnet50_irn`` and
+    :class:`TinyIRN`): a frozen backbone in eval mode, a boundary branch (``edge_layers``) and a
+    displacement branch (``dp_layers``, ending in ``mean_shift``) on the stride-4 grid, IRN's
+    inference (``edge_displacement``) and its two parameter groups.
 
-    ``forward``: (B,3,H,W) ImageNet-normalised -> (edge_out (B,1,h,w) boundary logits, dp_out
-    (B,2,h,w) displacements (dy, dx) in stride-4 cells), h = ceil(H/4), w = ceil(W/4). In eval
-    mode ``mean_shift.running_mean`` is subtracted from dp_out.
-
-    Training (IRN train_irn.py): the backbone is frozen; the boundary branch trains at the base
-    rate and the displacement branch at 10x, both with weight decay.
+    Subclasses build the layers and ``forward``: (B,3,H,W) -> (edge_out (B,1,h,w) logits,
+    dp_out (B,2,h,w)), h = ceil(H/4), w = ceil(W/4).
     """
 
     normalization = "imagenet"
     feature_stride = 4
     freeze_batchnorm = True
     freeze_batchnorm_affine = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.resnet50 = resnet50_trunk()
-        r = self.resnet50
-        self.stage1 = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool)
-        self.stage2 = nn.Sequential(r.layer1)
-        self.stage3 = nn.Sequential(r.layer2)
-        self.stage4 = nn.Sequential(r.layer3)
-        self.stage5 = nn.Sequential(r.layer4)
-        self.mean_shift = MeanShift(2)
-        # boundary branch: five levels to 32 channels each at stride 4, then 160 -> 1
-        self.fc_edge1 = _block(64, 32, 4)
-        self.fc_edge2 = _block(256, 32, 4)
-        self.fc_edge3 = _block(512, 32, 4, upsample=2)
-        self.fc_edge4 = _block(1024, 32, 4, upsample=4)
-        self.fc_edge5 = _block(2048, 32, 4, upsample=4)
-        self.fc_edge6 = nn.Conv2d(160, 1, 1, bias=True)
-        # displacement branch: the three deep levels meet at stride 8, then join the shallow two
-        self.fc_dp1 = _block(64, 64, 8)
-        self.fc_dp2 = _block(256, 128, 16)
-        self.fc_dp3 = _block(512, 256, 16)
-        self.fc_dp4 = _block(1024, 256, 16, upsample=2)
-        self.fc_dp5 = _block(2048, 256, 16, upsample=2)
-        self.fc_dp6 = _block(768, 256, 16, upsample=2)
-        self.fc_dp7 = nn.Sequential(nn.Conv2d(448, 256, 1, bias=False), nn.GroupNorm(16, 256), nn.ReLU(),
-                                    nn.Conv2d(256, 2, 1, bias=False), self.mean_shift)
-        self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4, self.stage5])
-        self.edge_layers = nn.ModuleList([self.fc_edge1, self.fc_edge2, self.fc_edge3, self.fc_edge4,
-                                          self.fc_edge5, self.fc_edge6])
-        self.dp_layers = nn.ModuleList([self.fc_dp1, self.fc_dp2, self.fc_dp3, self.fc_dp4, self.fc_dp5,
-                                        self.fc_dp6, self.fc_dp7])
-        self.apply_freeze()
-
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.resnet50]
+    edge_layers: nn.ModuleList
+    dp_layers: nn.ModuleList
 
     def new_layers(self) -> list[nn.Module]:
         return [*self.edge_layers, *self.dp_layers]
 
-    def train(self, mode: bool = True) -> "ResNet50IRN":
-        """Switch mode (the MeanShift follows it); the backbone stays frozen and in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
+    def trunk(self) -> nn.Module:
+        """The module whose state dict a backbone's weights file fits (initial weights)."""
         return self
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,3,H,W) normalised image -> edge_out (B,1,h,w) logits, dp_out (B,2,h,w)."""
-        x1 = self.stage1(x).detach()  # the backbone never trains (IRN)
-        x2 = self.stage2(x1).detach()
-        x3 = self.stage3(x2).detach()
-        x4 = self.stage4(x3).detach()
-        x5 = self.stage5(x4).detach()
-        h, w = x2.shape[2:]  # the stride-4 grid; upsampled deeper levels can overshoot it
-
-        edges = [self.fc_edge1(x1), self.fc_edge2(x2), self.fc_edge3(x3)[..., :h, :w],
-                 self.fc_edge4(x4)[..., :h, :w], self.fc_edge5(x5)[..., :h, :w]]
-        edge_out = self.fc_edge6(torch.cat(edges, dim=1))
-
-        dp3 = self.fc_dp3(x3)
-        h8, w8 = dp3.shape[2:]
-        deep = torch.cat([dp3, self.fc_dp4(x4)[..., :h8, :w8], self.fc_dp5(x5)[..., :h8, :w8]], dim=1)
-        dp_up3 = self.fc_dp6(deep)[..., :h, :w]
-        dp_out = self.fc_dp7(torch.cat([self.fc_dp1(x1), self.fc_dp2(x2), dp_up3], dim=1))
-        return edge_out, dp_out
+    def train(self, mode: bool = True) -> "BoundaryDisplacementNet":
+        """Switch mode (the MeanShift follows it); the backbone stays frozen and in eval mode."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     def edge_displacement(self, image: torch.Tensor, crop_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """IRN's inference (``EdgeDisplacement``) on one normalised image (3,H,W) or (1,3,H,W).
@@ -269,6 +217,80 @@ class ResNet50IRN(Backbone):
                            "displacement")]
 
 
+class ResNet50IRN(BoundaryDisplacementNet):
+    """IRN's inter-pixel relation network (``net.resnet50_irn``): a
+    frozen ResNet-50 (strides 2, 2, 2, 1) with a class boundary branch and a displacement field
+    branch, both on the stride-4 grid.
+
+    ``forward``: (B,3,H,W) ImageNet-normalised -> (edge_out (B,1,h,w) boundary logits, dp_out
+    (B,2,h,w) displacements (dy, dx) in stride-4 cells), h = ceil(H/4), w = ceil(W/4). In eval
+    mode ``mean_shift.running_mean`` is subtracted from dp_out.
+
+    Training (IRN train_irn.py): the backbone is frozen; the boundary branch trains at the base
+    rate and the displacement branch at 10x, both with weight decay.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resnet50 = resnet50_trunk()
+        r = self.resnet50
+        self.stage1 = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool)
+        self.stage2 = nn.Sequential(r.layer1)
+        self.stage3 = nn.Sequential(r.layer2)
+        self.stage4 = nn.Sequential(r.layer3)
+        self.stage5 = nn.Sequential(r.layer4)
+        self.mean_shift = MeanShift(2)
+        # boundary branch: five levels to 32 channels each at stride 4, then 160 -> 1
+        self.fc_edge1 = branch_layer(64, 32, 4)
+        self.fc_edge2 = branch_layer(256, 32, 4)
+        self.fc_edge3 = branch_layer(512, 32, 4, upsample=2)
+        self.fc_edge4 = branch_layer(1024, 32, 4, upsample=4)
+        self.fc_edge5 = branch_layer(2048, 32, 4, upsample=4)
+        self.fc_edge6 = nn.Conv2d(160, 1, 1, bias=True)
+        # displacement branch: the three deep levels meet at stride 8, then join the shallow two
+        self.fc_dp1 = branch_layer(64, 64, 8)
+        self.fc_dp2 = branch_layer(256, 128, 16)
+        self.fc_dp3 = branch_layer(512, 256, 16)
+        self.fc_dp4 = branch_layer(1024, 256, 16, upsample=2)
+        self.fc_dp5 = branch_layer(2048, 256, 16, upsample=2)
+        self.fc_dp6 = branch_layer(768, 256, 16, upsample=2)
+        self.fc_dp7 = nn.Sequential(nn.Conv2d(448, 256, 1, bias=False), nn.GroupNorm(16, 256), nn.ReLU(),
+                                    nn.Conv2d(256, 2, 1, bias=False), self.mean_shift)
+        self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4, self.stage5])
+        self.edge_layers = nn.ModuleList([self.fc_edge1, self.fc_edge2, self.fc_edge3, self.fc_edge4,
+                                          self.fc_edge5, self.fc_edge6])
+        self.dp_layers = nn.ModuleList([self.fc_dp1, self.fc_dp2, self.fc_dp3, self.fc_dp4, self.fc_dp5,
+                                        self.fc_dp6, self.fc_dp7])
+        self.apply_freeze()
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.resnet50, self.backbone]  # the trunk and IRN's stage wrappers of it
+
+    def trunk(self) -> nn.Module:
+        """torchvision's ResNet-50 layout: ImageNet files and our ResNet-50 classifier fit it."""
+        return self.resnet50
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,3,H,W) normalised image -> edge_out (B,1,h,w) logits, dp_out (B,2,h,w)."""
+        x1 = self.stage1(x).detach()  # the backbone never trains (IRN)
+        x2 = self.stage2(x1).detach()
+        x3 = self.stage3(x2).detach()
+        x4 = self.stage4(x3).detach()
+        x5 = self.stage5(x4).detach()
+        h, w = x2.shape[2:]  # the stride-4 grid; upsampled deeper levels can overshoot it
+
+        edges = [self.fc_edge1(x1), self.fc_edge2(x2), self.fc_edge3(x3)[..., :h, :w],
+                 self.fc_edge4(x4)[..., :h, :w], self.fc_edge5(x5)[..., :h, :w]]
+        edge_out = self.fc_edge6(torch.cat(edges, dim=1))
+
+        dp3 = self.fc_dp3(x3)
+        h8, w8 = dp3.shape[2:]
+        deep = torch.cat([dp3, self.fc_dp4(x4)[..., :h8, :w8], self.fc_dp5(x5)[..., :h8, :w8]], dim=1)
+        dp_up3 = self.fc_dp6(deep)[..., :h, :w]
+        dp_out = self.fc_dp7(torch.cat([self.fc_dp1(x1), self.fc_dp2(x2), dp_up3], dim=1))
+        return edge_out, dp_out
+
+
 def load_irn_state_dict(net: ResNet50IRN, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Load IRN's ``res50_irn.pth`` (or a state dict of :class:`ResNet50IRN`) into ``net``.
 
@@ -282,5 +304,5 @@ def load_irn_state_dict(net: ResNet50IRN, state_dict: Mapping[str, torch.Tensor]
     return dropped
 
 
-__all__ = ["ResNet50CAM", "ResNet50IRN", "MeanShift", "RunningStatsBatchNorm2d", "resnet50_trunk",
+__all__ = ["ResNet50CAM", "ResNet50IRN", "BoundaryDisplacementNet", "branch_layer", "MeanShift", "RunningStatsBatchNorm2d", "resnet50_trunk",
            "load_irn_state_dict", "NEW_LAYER_LR_MULT"]

@@ -5,8 +5,9 @@ Reads one file per image of the inference splits from ``ImportCamsConfig.source`
 the CAM predictions and their scores follow as make-cam makes them (``pipeline.import_cams``
 calls ``make_cam.finish``). The make-cam record then says where
 the CAMs came from (``records.imported``), and train-cam's says it was not trained, so ``run``
-continues from make-aff-labels. Importing the same CAMs again changes nothing downstream;
-other CAMs redo every stage after make-cam.
+continues from make-aff-labels. Importing CAMs equal to those in the folder (the same import
+again, or the folder's own CAMs exported and imported) changes nothing downstream; other CAMs
+redo every stage after make-cam.
 
 Checks, per file: every class of the image label has a map (else an error); maps of classes not
 in the label are dropped (counted, and said once); maps are at the image size (IRN's stride-4
@@ -56,7 +57,8 @@ def run(cfg: RunConfig, spec: ImportCamsConfig) -> dict[str, Any]:
         keys, maps = import_one(voc, name, source / f"{name}{suffix}", spec, counts)
         artifacts.save_cam(staging / f"{name}.npz", keys, maps, voc.num_classes)
     given = f"imported {spec.format} CAMs from {source.resolve()}, digest {_digest(staging, names)}"
-    decision = records.imported(cfg, "make_cam", given, lambda: os.replace(staging, wd.cam))
+    decision = records.imported(cfg, "make_cam", given, lambda: os.replace(staging, wd.cam),
+                                same_outputs=_same_files(staging, wd.cam, names))
     shutil.rmtree(staging, ignore_errors=True)  # the same CAMs as before: the folder there stays
     if records.read(wd, "train_cam") is None and not wd.classifier.final.exists():
         records.imported(cfg, "train_cam", "not trained: the CAMs were imported", lambda: None)
@@ -98,6 +100,14 @@ def _digest(folder: Path, names: list[str]) -> str:
     for name in names:
         digest.update(name.encode() + b"\0" + (folder / f"{name}.npz").read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _same_files(new: Path, current: Path, names: list[str]) -> bool:
+    """Whether ``current`` holds exactly the CAM files of ``new``, byte for byte (e.g. this
+    folder's own CAMs exported and imported again)."""
+    if sorted(p.name for p in current.glob("*.npz")) != sorted(f"{n}.npz" for n in names):
+        return False
+    return all((new / f"{n}.npz").read_bytes() == (current / f"{n}.npz").read_bytes() for n in names)
 
 
 def _say(counts: dict[str, int], source: Path) -> None:

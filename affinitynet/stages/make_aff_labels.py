@@ -8,6 +8,10 @@ each crop's stride-8 grid, as the original does. Also writes the rule at full re
 high-alpha result, the rest unsure, 255), for pictures, the report and diagnostics. The CRF is
 CPU-bound, so images are spread over a process pool (and over ranks under torchrun); each image
 is done exactly once and written atomically, its score file last.
+
+With ``method: irn`` it writes IRN's confident labels instead (``ir_labels`` section: IRN's label
+CRF of the CAMs against a background plane of 0.30 for the objects and of 0.05 for the
+background), ``aff_labels/<image>.png`` alone, which IRN's network trains on.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from affinitynet.data.images import save_label_png
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
 from affinitynet.diagnostics import cam_coverage, confident_regions, confident_warnings
 from affinitynet.evaluation import confident_label_scores, names_with_gt
-from affinitynet.inference import confident_label_map, crf_scores
+from affinitynet.inference import confident_label_map, crf_scores, ir_label_map
 from affinitynet.parallel import map_in_processes, usable_cores
 from affinitynet.per_image import todo
 
@@ -41,7 +45,11 @@ class LabelJob:
         wd = WorkDir(self.cfg.workdir)
         image = WorkImage(voc.load_image(name), self.cfg.dataset.long_side)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
-        # the CRF's kernels are in pixels: it runs at the working size, where AffinityNet trains
+        # the CRF's kernels are in pixels: it runs at the working size, where the network trains
+        if self.cfg.method == "irn":  # IRN's labels alone: the network trains on them
+            label = image.label_to_native(ir_label_map(image, keys, maps, self.cfg.ir_labels))
+            save_label_png(wd.png(wd.aff_labels, name), label)
+            return name
         low, high = crf_scores(image, maps, self.cfg.aff_labels)
         save_label_png(wd.png(wd.aff_labels, name), confident_label_map(image, keys, low, high))
         artifacts.save_crf_scores(wd.crf_file(name), keys, low, high)  # last: marks the image done
@@ -63,8 +71,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     names = inference_names(cfg.dataset, voc)
     announce_sizes(cfg.dataset, voc, names, "make-aff-labels", "the dense CRF runs at that size")
     decision = records.start(cfg, "aff_labels")
-    pending = todo(names, wd.crf_file, [wd.crf, wd.aff_labels])
-    processes = min(process_count(cfg.aff_labels.processes), max(1, len(pending)))
+    irn = cfg.method == "irn"
+    # PSA's image is done when its CRF scores are written (last), IRN's when its label is
+    pending = todo(names, (lambda n: wd.png(wd.aff_labels, n)) if irn else wd.crf_file,
+                   [wd.aff_labels] if irn else [wd.crf, wd.aff_labels])
+    requested = cfg.ir_labels.processes if irn else cfg.aff_labels.processes
+    processes = min(process_count(requested), max(1, len(pending)))
     t0 = time.time()
     # the CRF is numpy and C++ only: nothing in the workers touches torch's thread pool
     map_in_processes(LabelJob(cfg), pending, processes, "make-aff-labels", progress=distributed.current().is_main)

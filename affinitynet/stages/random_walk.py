@@ -4,13 +4,20 @@ For each image: AffinityNet features of the image zero-padded to multiples of 8,
 affinities within the radius, transition matrix T = D^-1 A^beta, t = 2^logt steps applied to
 the stride-8 CAMs with background (1 - max)^alpha, bilinear upsampling, argmax, crop back.
 Writes ``pseudo_labels/<image>.png`` and evaluates them on the evaluation split.
+
+With ``method: irn``: IRN's semantic pseudo labels (``irn_labels`` section; IRN
+make_sem_seg_labels.py): the boundary map of IRN's network, the CAMs pooled onto the stride-4
+grid, walked on the boundary affinities (beta 10, 2^8 steps, radius 5, the sparse walk) and
+labelled against a background plane of 0.25.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from affinitynet import artifacts, distributed, records
 from affinitynet.algorithms.pairs import min_image_size
@@ -22,16 +29,51 @@ from affinitynet.data.images import save_label_png
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
 from affinitynet.diagnostics import confident_regions, walk_growth, walk_warnings
 from affinitynet.evaluation import evaluate_folder, names_with_gt
-from affinitynet.inference import load_trained, prepare, pseudo_label, walk_input
-from affinitynet.models import build_affinity_net
+from affinitynet.inference import IRNLabeler, load_trained, prepare, pseudo_label, walk_input
+from affinitynet.models import build_affinity_net, build_irn_net
 from affinitynet.per_image import check_image_size, for_each_image
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    rc, long_side = cfg.random_walk, cfg.dataset.long_side
     _, device = distributed.setup(cfg.device)
-    wd = WorkDir(cfg.workdir)
     voc = open_dataset(cfg.dataset)
+    one_image = irn_step(cfg, voc, device) if cfg.method == "irn" else psa_step(cfg, voc, device)
+    wd = WorkDir(cfg.workdir)
+    names = inference_names(cfg.dataset, voc)
+    walk = "IRN's network and walk" if cfg.method == "irn" else "AffinityNet and the walk"
+    announce_sizes(cfg.dataset, voc, names, "random-walk", f"{walk} run at that size")
+    decision = records.start(cfg, "random_walk")
+    workers = cfg.irn_labels.num_workers if cfg.method == "irn" else cfg.random_walk.num_workers
+    result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels], one_image,
+                            num_workers=workers, desc="random-walk")
+    result.update(records.outcome(decision, "random_walk", result["images"]))
+    if distributed.current().is_main:
+        result.update(evaluate_pseudo_labels(cfg, voc, names))
+    return result
+
+
+ImageStep = Callable[[str, np.ndarray, np.ndarray], None]  # (name, native image, image label) -> writes its label
+
+
+def irn_step(cfg: RunConfig, voc: VOCDataset, device: torch.device) -> ImageStep:
+    """The per-image step of ``method: irn``: IRN's semantic pseudo label of an image."""
+    wd = WorkDir(cfg.workdir)
+    net = load_trained(build_irn_net(cfg.backbone_of(cfg.train_irn)), wd.affinity.final, "IRN's network")
+    labeler = IRNLabeler(prepare(net, device, cfg.irn_labels.channels_last), cfg.irn_labels)
+
+    def one_image(name: str, native: np.ndarray, label: np.ndarray) -> None:
+        image = WorkImage(native, cfg.dataset.long_side)
+        keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
+        pseudo = labeler.semantic_label(image.image, keys, image.maps(maps))
+        save_label_png(wd.png(wd.pseudo_labels, name), image.label_to_native(pseudo))
+
+    return one_image
+
+
+def psa_step(cfg: RunConfig, voc: VOCDataset, device: torch.device) -> ImageStep:
+    """The per-image step of ``method: psa``: the random walk's pseudo label of an image."""
+    rc, long_side = cfg.random_walk, cfg.dataset.long_side
+    wd = WorkDir(cfg.workdir)
     net = load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)), wd.affinity.final, "AffinityNet")
     affinity_net = prepare(net, device, rc.channels_last)
 
@@ -44,15 +86,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         label = pseudo_label(image, keys, walk_input(affinity_net, image, maps, rc.radius), rc)
         save_label_png(wd.png(wd.pseudo_labels, name), label)
 
-    names = inference_names(cfg.dataset, voc)
-    announce_sizes(cfg.dataset, voc, names, "random-walk", "AffinityNet and the walk run at that size")
-    decision = records.start(cfg, "random_walk")
-    result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels], one_image,
-                            num_workers=rc.num_workers, desc="random-walk")
-    result.update(records.outcome(decision, "random_walk", result["images"]))
-    if distributed.current().is_main:
-        result.update(evaluate_pseudo_labels(cfg, voc, names))
-    return result
+    return one_image
 
 
 def evaluate_pseudo_labels(cfg: RunConfig, voc: VOCDataset, names: list[str]) -> dict[str, Any]:
@@ -64,7 +98,7 @@ def evaluate_pseudo_labels(cfg: RunConfig, voc: VOCDataset, names: list[str]) ->
         result.update(evaluate_folder(wd.pseudo_labels, voc, scored))
     diag = walk_growth(wd.pseudo_labels, wd.cam_pred, names, voc.classes)
     confident = confident_regions(wd.aff_labels, names, voc.classes) if wd.aff_labels.is_dir() else None
-    result.update(diagnostics=diag, warnings=walk_warnings(diag, confident))
+    result.update(diagnostics=diag, warnings=walk_warnings(diag, confident, cfg.method))
     print_diagnostics("random-walk", f"foreground {diag['coverage_before']['mean']:.0f} % of the image before the "
                       f"walk (CAM prediction), {diag['coverage_after']['mean']:.0f} % after; "
                       f"{diag['images_flooded']:.0f} % of images flooded by one class", result["warnings"])

@@ -40,7 +40,7 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.voc import open_dataset
-from affinitynet.errors import InputError
+from affinitynet.errors import ConfigError, InputError
 from affinitynet.evaluation import names_with_gt
 from affinitynet.inference import (WalkInput, confident_label_map, crf_score, load_trained, prepare, torch_threads,
                                    walk_input)
@@ -183,6 +183,9 @@ TITLES = {"bg": "make_cam.bg_score", "crf": "aff_labels (low_alpha, high_alpha)"
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     t0 = time.time()
+    if cfg.method != "psa":
+        raise ConfigError(f"tune searches PSA's settings (CRF alphas, walk alpha / beta / logt); "
+                          f"with method {cfg.method} it has nothing to search yet")
     _, device = distributed.setup(cfg.device)
     if not distributed.current().is_main:  # one process searches; the others wait
         distributed.barrier()

@@ -1,0 +1,106 @@
+"""PSA vs IRN on the same CAMs: the CPU recipe on both synthetic families, side by side.
+
+For each family: ``affinitynet demo --set method=irn`` (the CPU recipe, configs/demo.yaml, with
+IRN's stages 2b-4), then ``run`` with ``method: psa`` on a copy of that work folder, which keeps
+the classifier and the CAMs and redoes make-aff-labels, train-aff, random-walk, train-seg and
+segment the PSA way; so both methods start from identical CAMs. IRN's instance pseudo labels
+of the val images (``IRNLabeler.instances`` with the run's network, written with
+``artifacts.save_instances``) are scored against the generators' ``SegmentationObject``
+(``evaluate_instances``: mask AP at IoU 0.5). Val mIoU throughout.
+
+    python benchmarks/bench_methods.py                  # 200 + 50 images per family (~40 min on 2 cores)
+    python benchmarks/bench_methods.py --quick          # smoke test: 8 + 6 images, 1 epoch each
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from affinitynet import artifacts, pipeline  # noqa: E402
+from affinitynet.algorithms.resize import WorkImage  # noqa: E402
+from affinitynet.config import RunConfig, load_config  # noqa: E402
+from affinitynet.data.voc import VOCDataset  # noqa: E402
+from affinitynet.evaluation import evaluate_instances  # noqa: E402
+from affinitynet.inference import load_irn_labeler  # noqa: E402
+from _bench import machine, print_table_header, run_main  # noqa: E402
+
+QUICK_SETS = ["train_cam.epochs=1", "train_irn.epochs=1", "train_aff.epochs=1", "train_seg.epochs=1",
+              "aff_labels.processes=1", "ir_labels.processes=1"]
+
+
+def quiet(fn, *args, **kwargs):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def instance_map(work: Path, voc: VOCDataset, names: list[str], long_side: int) -> dict:
+    """IRN's instance pseudo labels of ``names`` from the run's network and CAMs, scored."""
+    labeler, out = load_irn_labeler(work), work / "instances"
+    for name in names:
+        image = WorkImage(voc.load_image(name), long_side)
+        keys, maps = artifacts.load_cam(work / "cam" / f"{name}.npz", image.native_size, voc.num_classes)
+        found = labeler.instances(image.image, keys, image.maps(maps))
+        masks = [image.label_to_native(m.astype(np.uint8)) > 0 for m in found.masks]
+        artifacts.save_instances(out / f"{name}.json", name,
+                                 np.stack(masks) if masks else np.zeros((0, *image.native_size), bool),
+                                 found.classes, found.scores)
+    return evaluate_instances(out, voc, names)
+
+
+def family_rows(family: str, tmp: Path, data: dict, sets: list[str]) -> list[str]:
+    irn, psa = tmp / f"irn_{family}", tmp / f"psa_{family}"
+    start = time.time()
+    m_irn = quiet(pipeline.demo, irn, sets=[*sets, "method=irn"], device="cpu", data={**data, "family": family})
+    irn_seconds = time.time() - start
+    shutil.copytree(irn, psa)
+    cfg = load_config(RunConfig, "demo", sets, values={"workdir": str(psa), "dataset": {"root": str(irn / "data")},
+                                                       "device": "cpu"})
+    start = time.time()
+    m_psa = quiet(pipeline.run, cfg)
+    psa_seconds = time.time() - start
+    voc = VOCDataset(irn / "data")
+    ap = instance_map(irn, voc, voc.split("val"), cfg.dataset.long_side)
+    rows = []
+    for method, m, seconds, extra in (("PSA (AffinityNet)", m_psa, psa_seconds, "-"),
+                                      ("IRN (boundaries)", m_irn, irn_seconds,
+                                       f"{ap['map']:.1f} ({ap['num_detections']} / {ap['num_instances']})")):
+        rows.append(f"| {family} | {method} | {m['make_cam']['miou']:.1f} | {m['aff_labels']['confident_precision']:.1f} "
+                    f"/ {m['aff_labels']['confident_coverage']:.1f} | {m['random_walk']['miou']:.1f} | "
+                    f"{m['random_walk']['miou'] - m['make_cam']['miou']:+.1f} | {m['segment']['miou']:.1f} | {extra} | "
+                    f"{m['seconds']['train_aff']:.0f} | {seconds:.0f} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 8 + 6 images, 1 epoch each")
+    parser.add_argument("--families", default="shapes,clutter")
+    args = parser.parse_args(argv)
+    data = {"train": 8, "val": 6} if args.quick else {"train": 200, "val": 50}
+    sets = QUICK_SETS if args.quick else []
+    print(f"Machine: {machine()}\n\n{data['train']} train + {data['val']} val images per family, seed 0; "
+          "val scores; both methods on the same classifier and CAMs\n")
+    print_table_header("family", "method", "CAM mIoU", "confident labels: precision / coverage %",
+                       "pseudo label mIoU", "- CAM", "seg net mIoU", "instance mAP@0.5 (detections / objects)",
+                       "train-aff s", "run s", align="llrrrrrrrr")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        for family in args.families.split(","):
+            for row in family_rows(family, Path(tmp_name), data, sets):
+                print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, None))
