@@ -540,15 +540,24 @@ def save_instances(path: str | Path, image_id: str, masks: np.ndarray, labels: n
     write_json(path, entries)
 
 
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """A pycocotools RLE (``size`` [H, W], ``counts``) -> (H, W) bool mask; ValueError when the
+    runs do not fit the size."""
+    import warnings
+
+    from pycocotools import mask as mask_utils
+
+    with warnings.catch_warnings():
+        # pycocotools' decode on numpy 2 warns about np.array(copy=False); harmless
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
 def load_instances(path: str | Path, image_size: tuple[int, int], num_classes: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's instance file -> (masks (N, H, W) bool, labels (N,) int64 class indices,
     scores (N,) float64); InputError (one line, naming the file) when it is not that format,
     a mask is not ``image_size`` (H, W) or a class is outside 1..``num_classes``."""
-    import warnings
-
-    from pycocotools import mask as mask_utils
-
     path = Path(path)
     entries = read_json(path, "instance file")
     if not isinstance(entries, list):
@@ -563,12 +572,10 @@ def load_instances(path: str | Path, image_size: tuple[int, int], num_classes: i
         category = entry.get("category_id")
         if not isinstance(category, int) or not 1 <= category <= num_classes:
             raise InputError(f"{path}: instance {i} has category_id {category!r}, expected 1..{num_classes}")
-        with warnings.catch_warnings():  # pycocotools on numpy 2: a harmless DeprecationWarning
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:  # pycocotools checks that the runs add up to the size
-                masks.append(mask_utils.decode({"size": list(image_size), "counts": seg["counts"]}).astype(bool))
-            except ValueError as exc:
-                raise InputError(f"{path}: instance {i}: {exc}") from None
+        try:  # pycocotools checks that the runs add up to the size
+            masks.append(decode_rle({"size": list(image_size), "counts": seg["counts"]}))
+        except ValueError as exc:
+            raise InputError(f"{path}: instance {i}: {exc}") from None
         labels.append(category - 1)
         scores.append(float(entry["score"]))
     stacked = np.stack(masks) if masks else np.zeros((0, *image_size), bool)

@@ -44,7 +44,7 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig, apply_overrides, load_config, to_dict, validate
 from affinitynet.data.voc import open_dataset
 from affinitynet.errors import InputError
-from affinitynet.stage_table import METHOD_SECTIONS, RECORDED_BY_NAME, STAGE_BY_NAME, StageInfo, section_of
+from affinitynet.stage_table import METHOD_SECTIONS, RECORDED_BY_NAME, StageInfo, section_of
 
 RECORD_FORMAT = 1
 #: how the record of a final.pth put there by hand begins (then its sha256)
@@ -87,7 +87,7 @@ def stage_settings(cfg: RunConfig, info: StageInfo) -> tuple[dict[str, Any], dic
     """(settings, derived settings) of ``cfg`` that can change the outputs of stage ``info``:
     its section (the method's, for a stage the method does its own way, with the method's name),
     the dataset keys and the dataset's identity."""
-    section = section_of(info.name, cfg.method) if info.name in STAGE_BY_NAME else info.section
+    section = section_of(info.name, cfg.method)
     own = {k: v for k, v in to_dict(getattr(cfg, section)).items() if k not in SPEED_KEYS}
     derived = {k: own.pop(k) for k in info.derived}
     for key in info.ignored:
@@ -357,7 +357,9 @@ def recorded_config(workdir: str | Path, base: RunConfig | None = None,
         record = read(wd, stage)
         if isinstance(record, Record) and not record.given:
             section = recorded_section(record)
-            method = {"method": record.settings.get("method", "psa")} if stage in METHOD_SECTIONS["irn"] else {}
+            # a stage some method does its own way: its record says which (none: PSA's)
+            method = ({"method": record.settings.get("method", "psa")}
+                      if any(stage in sections for sections in METHOD_SECTIONS.values()) else {})
             cfg = apply_overrides(cfg, {**method, "dataset": record.settings["dataset"],
                                         section: {**record.settings[section], **record.derived}})
     validate(cfg)

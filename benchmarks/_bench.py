@@ -8,6 +8,7 @@ works both for ``python benchmarks/x.py`` and for loading a script by file path 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import platform
 import sys
@@ -47,6 +48,12 @@ def machine(gpu: str = "", threads: bool = True) -> str:
         torch_part += f" with {torch.get_num_threads()} threads"
     return (f"{cpu_model()}, {usable_cores()} cores usable, {torch_part}{gpu}, "
             f"load average {load_average():.2f} at start")
+
+
+def quiet(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with its stdout and stderr swallowed (stages print progress)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn(*args, **kwargs)
 
 
 def print_table_header(*columns: str, align: str) -> None:

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import shutil
 import sys
 import tempfile
@@ -34,16 +32,11 @@ from affinitynet.config import (CAM_EXCHANGE_FORMATS, ExportLabelsConfig, Import
 from affinitynet.data.synthetic import blurred_truth_cams  # noqa: E402
 from affinitynet.data.voc import VOCDataset  # noqa: E402
 from affinitynet.stages import export_labels  # noqa: E402
-from _bench import machine, print_table_header, run_main  # noqa: E402
+from _bench import machine, print_table_header, quiet, run_main  # noqa: E402
 
 BLURS = (0.03, 0.06, 0.12)
 DOWNSTREAM = ("crf", "aff_labels", "affinity", "pseudo_labels", "segmentation", "seg_pred")  # folders after make-cam
 QUICK_SETS = ["train_cam.epochs=1", "train_aff.epochs=1", "train_seg.epochs=1", "aff_labels.processes=1"]
-
-
-def quiet(fn, *args, **kwargs):
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return fn(*args, **kwargs)
 
 
 def output_times(work: Path) -> dict[str, int]:

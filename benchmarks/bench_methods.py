@@ -15,8 +15,6 @@ of the val images (``IRNLabeler.instances`` with the run's network, written with
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import shutil
 import sys
 import tempfile
@@ -34,15 +32,10 @@ from affinitynet.config import RunConfig, load_config  # noqa: E402
 from affinitynet.data.voc import VOCDataset  # noqa: E402
 from affinitynet.evaluation import evaluate_instances  # noqa: E402
 from affinitynet.inference import load_irn_labeler  # noqa: E402
-from _bench import machine, print_table_header, run_main  # noqa: E402
+from _bench import machine, print_table_header, quiet, run_main  # noqa: E402
 
 QUICK_SETS = ["train_cam.epochs=1", "train_irn.epochs=1", "train_aff.epochs=1", "train_seg.epochs=1",
               "aff_labels.processes=1", "ir_labels.processes=1"]
-
-
-def quiet(fn, *args, **kwargs):
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return fn(*args, **kwargs)
 
 
 def instance_map(work: Path, voc: VOCDataset, names: list[str], long_side: int) -> dict:

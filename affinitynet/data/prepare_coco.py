@@ -203,10 +203,7 @@ def instance_mask(seg: Any, height: int, width: int) -> np.ndarray:
         rle = mask_utils.frPyObjects(seg, height, width)
     else:
         rle = {"size": [height, width], "counts": seg["counts"]}
-    with warnings.catch_warnings():
-        # pycocotools' decode on numpy 2 warns about np.array(copy=False); harmless
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rle).astype(bool)
+    return artifacts.decode_rle(rle)
 
 
 def rasterize(instances: Iterable[Instance], height: int, width: int) -> np.ndarray:

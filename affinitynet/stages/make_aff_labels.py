@@ -32,6 +32,7 @@ from affinitynet.evaluation import confident_label_scores, names_with_gt
 from affinitynet.inference import confident_label_map, crf_scores, ir_label_map
 from affinitynet.parallel import map_in_processes, usable_cores
 from affinitynet.per_image import todo
+from affinitynet.stage_table import section_of
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     # PSA's image is done when its CRF scores are written (last), IRN's when its label is
     pending = todo(names, (lambda n: wd.png(wd.aff_labels, n)) if irn else wd.crf_file,
                    [wd.aff_labels] if irn else [wd.crf, wd.aff_labels])
-    requested = cfg.ir_labels.processes if irn else cfg.aff_labels.processes
+    requested = getattr(cfg, section_of("aff_labels", cfg.method)).processes
     processes = min(process_count(requested), max(1, len(pending)))
     t0 = time.time()
     # the CRF is numpy and C++ only: nothing in the workers touches torch's thread pool

@@ -32,6 +32,7 @@ from affinitynet.evaluation import evaluate_folder, names_with_gt
 from affinitynet.inference import IRNLabeler, load_trained, prepare, pseudo_label, walk_input
 from affinitynet.models import build_affinity_net, build_irn_net
 from affinitynet.per_image import check_image_size, for_each_image
+from affinitynet.stage_table import section_of
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     walk = "IRN's network and walk" if cfg.method == "irn" else "AffinityNet and the walk"
     announce_sizes(cfg.dataset, voc, names, "random-walk", f"{walk} run at that size")
     decision = records.start(cfg, "random_walk")
-    workers = cfg.irn_labels.num_workers if cfg.method == "irn" else cfg.random_walk.num_workers
+    workers = getattr(cfg, section_of("random_walk", cfg.method)).num_workers
     result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels], one_image,
                             num_workers=workers, desc="random-walk")
     result.update(records.outcome(decision, "random_walk", result["images"]))

@@ -30,7 +30,7 @@ from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig
 from affinitynet.console import announce_sizes, training_sizes
 from affinitynet.data.transforms import AffinityAugment, IRNAugment
-from affinitynet.data.voc import AffinitySampleDataset, LabelMapDataset, inference_names, open_dataset
+from affinitynet.data.voc import AffinitySampleDataset, LabelMapDataset, VOCDataset, inference_names, open_dataset
 from affinitynet.models import BoundaryDisplacementNet, build_affinity_net, build_irn_net
 
 
@@ -80,38 +80,35 @@ def mean_displacement(net: BoundaryDisplacementNet, dataset: LabelMapDataset, cr
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    if cfg.method == "irn":
-        return run_irn(cfg)
-    ta = cfg.train_aff
     _, device = distributed.setup(cfg.device)
-    wd = WorkDir(cfg.workdir)
     voc = open_dataset(cfg.dataset)
     labelled = set(inference_names(cfg.dataset, voc))  # the images make-aff-labels labelled
     names = [n for n in voc.split(cfg.dataset.train_split) if n in labelled]
     decision, done = training.start(cfg, "train_aff")
     if done:
         return done
+    fit = fit_irn if cfg.method == "irn" else fit_affinity_net
+    result = fit(cfg, voc, names, device, resume=decision.status == "continued")
+    return {**result, **records.outcome(decision, "train_aff", len(result["history"]))}
+
+
+def fit_affinity_net(cfg: RunConfig, voc: VOCDataset, names: list[str], device: torch.device,
+                     resume: bool) -> dict[str, Any]:
+    """AffinityNet on the original's samples of the CRF scores (``method: psa``)."""
+    ta, wd = cfg.train_aff, WorkDir(cfg.workdir)
     training.seed_everything(ta.seed)  # the heads' initial weights depend on the seed only
     net = training.initial_weights(build_affinity_net(cfg.backbone_of(ta)), cfg, ta)
     augment = AffinityAugment(ta.crop, ta.resize_long, ta.flip, ta.color_jitter, net.normalization)
     train_set = AffinitySampleDataset(voc, names, wd.crf_file, augment, cfg.dataset.long_side)
     announce_sizes(cfg.dataset, voc, names, "train-aff", training_sizes(ta))
-    result = training.fit(net, partial(affinity_net_loss, radius=ta.radius), train_set, None, ta, wd.affinity, device,
-                          resume=decision.status == "continued", config=cfg, desc="train-aff")
-    return {**result, **records.outcome(decision, "train_aff", len(result["history"]))}
+    return training.fit(net, partial(affinity_net_loss, radius=ta.radius), train_set, None, ta, wd.affinity, device,
+                        resume=resume, config=cfg, desc="train-aff")
 
 
-def run_irn(cfg: RunConfig) -> dict[str, Any]:
-    """``train-aff`` with ``method: irn``: IRN's network on the confident labels of make-aff-labels."""
-    ti = cfg.train_irn
-    _, device = distributed.setup(cfg.device)
-    wd = WorkDir(cfg.workdir)
-    voc = open_dataset(cfg.dataset)
-    labelled = set(inference_names(cfg.dataset, voc))
-    names = [n for n in voc.split(cfg.dataset.train_split) if n in labelled]
-    decision, done = training.start(cfg, "train_aff")
-    if done:
-        return done
+def fit_irn(cfg: RunConfig, voc: VOCDataset, names: list[str], device: torch.device, resume: bool) -> dict[str, Any]:
+    """IRN's network on IRN's samples of the confident labels (``method: irn``), its mean shift
+    set before the final weights are written."""
+    ti, wd = cfg.train_irn, WorkDir(cfg.workdir)
     training.seed_everything(ti.seed)
     net = training.initial_weights(build_irn_net(cfg.backbone_of(ti)), cfg, ti)
     augment = IRNAugment(ti.crop, ti.rescale, ti.flip, net.normalization)
@@ -122,7 +119,5 @@ def run_irn(cfg: RunConfig) -> dict[str, Any]:
     def set_mean_shift(model: torch.nn.Module) -> None:
         model.mean_shift.running_mean.copy_(mean_displacement(model, plain, cfg.irn_labels.crop, device))
 
-    result = training.fit(net, partial(irn_net_loss, radius=ti.radius), train_set, None, ti, wd.affinity, device,
-                          resume=decision.status == "continued", config=cfg, desc="train-aff (IRN)",
-                          finish=set_mean_shift)
-    return {**result, **records.outcome(decision, "train_aff", len(result["history"]))}
+    return training.fit(net, partial(irn_net_loss, radius=ti.radius), train_set, None, ti, wd.affinity, device,
+                        resume=resume, config=cfg, desc="train-aff (IRN)", finish=set_mean_shift)
