@@ -12,6 +12,8 @@ Layout of a work folder (``RunConfig.workdir``)::
                                     pictures, the report and diagnostics
     affinity/                       stage 3: checkpoint.pt, final.pth, log.jsonl
     pseudo_labels/<image>.png       stage 4: random-walk pseudo labels
+    boundary/<image>.png            stage 4 with method irn: IRN's class-boundary map (format below)
+    instances/<image>.json          stage 4 with method irn: instance pseudo labels (format below)
     segmentation/                   stage 5a: checkpoint.pt, final.pth, log.jsonl
     seg_pred/<image>.png            stage 5b: the segmentation network's labels
     vis/                            pictures of CAMs and labels
@@ -37,6 +39,10 @@ and other instance tools read: a JSON list with one object per detected instance
 ``{"image_id": "<image>", "category_id": class index + 1 (the class's value in the label maps),
 "segmentation": {"size": [H, W], "counts": compressed RLE string}, "score": float}``; an image
 without instances has ``[]``. Concatenating the lists of several images gives one results file.
+
+Boundary map (``<image>.png``): 8-bit grayscale PNG of IRN's class-boundary probability times
+255 (0 = no boundary), on the stride-4 grid of the image at its working size: (ceil(h/4),
+ceil(w/4)) for a working size (h, w).
 
 Every file is written atomically: a temporary file in the same folder, then ``os.replace``;
 so an interrupted stage never leaves a half-written output and a restart skips finished images.
@@ -155,6 +161,14 @@ class WorkDir:
         return self.root / "pseudo_labels"
 
     @property
+    def boundary(self) -> Path:
+        return self.root / "boundary"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    @property
     def seg_pred(self) -> Path:
         return self.root / "seg_pred"
 
@@ -193,6 +207,9 @@ class WorkDir:
 
     def crf_file(self, name: str) -> Path:
         return self.crf / f"{name}.npz"
+
+    def instance_file(self, name: str) -> Path:
+        return self.instances / f"{name}.json"
 
     @staticmethod
     def png(folder: Path, name: str) -> Path:
@@ -580,6 +597,32 @@ def load_instances(path: str | Path, image_size: tuple[int, int], num_classes: i
         scores.append(float(entry["score"]))
     stacked = np.stack(masks) if masks else np.zeros((0, *image_size), bool)
     return stacked, np.asarray(labels, np.int64), np.asarray(scores, np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Boundary maps (8-bit grayscale PNG)
+# ----------------------------------------------------------------------------------------------
+def save_boundary(path: str | Path, boundary: np.ndarray) -> None:
+    """Write a boundary map (h, w) with values in [0, 1] as the boundary format above."""
+    from PIL import Image
+
+    values = np.clip(np.rint(np.asarray(boundary, np.float32) * 255), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(values, mode="L").save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
+
+
+def load_boundary(path: str | Path) -> np.ndarray:
+    """A boundary map file -> (h, w) float32 in [0, 1]; InputError when unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode != "L":
+                raise InputError(f"{path}: a boundary map is an 8-bit grayscale PNG, this one is mode {im.mode}")
+            return np.asarray(im, dtype=np.float32) / 255
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"{path}: unreadable boundary map ({exc})") from None
 
 
 # ----------------------------------------------------------------------------------------------

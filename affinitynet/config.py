@@ -303,6 +303,7 @@ class IRNLabelsConfig:
     centroid_iterations: int = bounded(300, 0, 1 << 16)  # steps along the displacement field
     weak_threshold: float = bounded(2.5, 0.0, 1e3)  # displacement (cells) under which a cell is a centroid
     min_area: float = bounded(0.01, 0.0, 1.0)  # detections smaller than this share of the image score 0
+    instances: bool = True  # also instance pseudo labels, instances/<image>.json (IRN's make_ins_seg_labels)
     method: str = one_of("sparse", WALK_METHODS)
     num_workers: int = bounded(2, 0, 256)  # image decoding processes (random-walk with method irn)
     channels_last: bool = True  # NHWC network and input
@@ -368,6 +369,12 @@ class TuneConfig:
     alphas: tuple[float, ...] = bounded((4.0, 8.0, 12.0, 16.0, 24.0, 32.0), 0.0, 1e3)
     betas: tuple[float, ...] = bounded((4.0, 8.0, 12.0), 1e-6, 1e3)
     logts: tuple[int, ...] = bounded((4, 5, 6, 7, 8), 0, 20)
+    # method irn: ir_labels' thresholds and irn_labels' walk (IRN: 0.30 / 0.05; 0.25, beta 10, exp_times 8)
+    fg_thresholds: tuple[float, ...] = bounded((0.2, 0.25, 0.3, 0.35, 0.4), 0.0, 1.0)
+    bg_thresholds: tuple[float, ...] = bounded((0.03, 0.05, 0.08, 0.12), 0.0, 1.0)
+    sem_seg_bg_thresholds: tuple[float, ...] = bounded((0.15, 0.2, 0.25, 0.3, 0.35, 0.4), 0.0, 1.0)
+    irn_betas: tuple[float, ...] = bounded((5.0, 10.0, 15.0), 1e-6, 1e3)
+    exp_times: tuple[int, ...] = bounded((5, 6, 7, 8), 0, 20)
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,14 @@ def format_table(scores: dict[str, Any]) -> str:
     lines.append(f"{'mIoU':<{width}} {fmt(scores['miou'])}")
     lines.append(f"{'pixel acc':<{width}} {fmt(scores['pixel_accuracy'])}")
     return "\n".join(lines)
+
+
+def instance_summary(scores: dict[str, Any]) -> str:
+    """One line on instance pseudo labels (``evaluate_instances``' result)."""
+    return (f"instance pseudo labels: mask mAP@{scores.get('iou_threshold', 0.5):g} {_percent(scores.get('map'))} "
+            f"({scores.get('num_detections')} detections, {scores.get('num_instances')} ground-truth instances "
+            f"in {scores.get('num_images')} images)")
+
+
+def _percent(v: Any) -> str:
+    return "-" if v is None or v != v else f"{v:.1f}"

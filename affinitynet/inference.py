@@ -297,24 +297,27 @@ def run_config(workdir: str | Path) -> RunConfig | None:
 
 
 class PseudoLabeler:
-    """A run's classifier and AffinityNet with the run's settings: CAMs and a random-walk
+    """A run's classifier and its pixel-relation network with the run's settings: CAMs and a
     pseudo label of an image given its class names (the paper's pseudo labels for images with
-    image-level tags), or given its CAMs from elsewhere (as ``import-cams`` takes them). Load
-    with ``load_pseudo_labeler(workdir)``; a work folder of imported CAMs has no classifier, so
-    there the CAMs must be given."""
+    image-level tags), or given its CAMs from elsewhere (as ``import-cams`` takes them), as the
+    run's random-walk stage makes them: PSA's walk on AffinityNet's affinities, or with method
+    irn IRN's labels (semantic, and ``instances``). Load with ``load_pseudo_labeler(workdir)``;
+    a work folder of imported CAMs has no classifier, so there the CAMs must be given."""
 
     def __init__(self, cfg: RunConfig, classes: Sequence[str], device: torch.device) -> None:
         wd = artifacts.WorkDir(cfg.workdir)
-        if cfg.method != "psa":
-            raise InputError(f"{cfg.workdir}: its pseudo labels are IRN's (method irn); load its network with "
-                             f"load_irn_labeler('{cfg.workdir}')")
         self.cfg, self.classes = cfg, list(classes)
         self.classifier = None
         if wd.classifier.final.exists() or not wd.cam.is_dir():
             self.classifier = prepare(load_trained(build_classifier(cfg.train_cam.backbone, len(classes)),
                                                    wd.classifier.final, "classifier"), device)
-        self.affinity_net = prepare(load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)),
-                                                 wd.affinity.final, "AffinityNet"), device)
+        self.affinity_net, self.irn = None, None
+        if cfg.method == "irn":
+            net = load_trained(build_irn_net(cfg.backbone_of(cfg.train_irn)), wd.affinity.final, "IRN's network")
+            self.irn = IRNLabeler(prepare(net, device), cfg.irn_labels)
+        else:
+            self.affinity_net = prepare(load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)),
+                                                     wd.affinity.final, "AffinityNet"), device)
 
     def label_vector(self, class_names: Sequence[str]) -> np.ndarray:
         """(C,) 0/1 vector of ``class_names``; an unknown name is a ValueError listing the known."""
@@ -339,13 +342,32 @@ class PseudoLabeler:
         image's CAMs from elsewhere instead of the classifier's, (k, H, W) one map per name of
         ``class_names`` in that order, at the image size; maps not in [0, 1] are normalised as
         ``import-cams`` does (``algorithms.cam.conform_cams``)."""
-        work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
-        if cams is None:
-            keys, maps = self.cams(image, class_names)
-        else:
-            keys, maps = self._given_cams(class_names, cams, work.native_size)
+        work, keys, maps = self._work_and_cams(image, class_names, cams)
+        if self.irn is not None:
+            return work.label_to_native(self.irn.semantic_label(work.image, keys, work.maps(maps)))
+        assert self.affinity_net is not None
         start = walk_input(self.affinity_net, work, maps, self.cfg.random_walk.radius)
         return pseudo_label(work, keys, start, self.cfg.random_walk)
+
+    def instances(self, image: np.ndarray | Image.Image, class_names: Sequence[str],
+                  cams: np.ndarray | None = None) -> Detections:
+        """IRN's instance pseudo labels (method irn only), as random-walk writes them: masks
+        (N, H, W) bool at the image size, classes (N,) class indices, scores (N,). ``cams`` as
+        for ``pseudo_label``."""
+        if self.irn is None:
+            raise InputError(f"{self.cfg.workdir}: instance pseudo labels come from IRN's displacement field; "
+                             "this run's method is psa (run with method irn)")
+        work, keys, maps = self._work_and_cams(image, class_names, cams)
+        found = self.irn.instances(work.image, keys, work.maps(maps))
+        return Detections(work.masks_to_native(found.masks), found.classes, found.scores)
+
+    def _work_and_cams(self, image: np.ndarray | Image.Image, class_names: Sequence[str],
+                       cams: np.ndarray | None) -> tuple[WorkImage, np.ndarray, np.ndarray]:
+        """The image at the run's working size, and its CAMs (keys, maps at the native size)."""
+        work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
+        if cams is None:
+            return (work, *self.cams(image, class_names))
+        return (work, *self._given_cams(class_names, cams, work.native_size))
 
     def _given_cams(self, class_names: Sequence[str], cams: np.ndarray,
                     size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -359,7 +381,8 @@ class PseudoLabeler:
 
 
 def load_pseudo_labeler(workdir: str | Path, device: str | torch.device = "cpu") -> PseudoLabeler:
-    """The classifier and AffinityNet a run trained, with the settings of its config.yaml."""
+    """The classifier and AffinityNet (or IRN's network) a run trained, with the settings of its
+    config.yaml."""
     cfg = run_config(workdir)
     if cfg is None:
         raise InputError(f"{workdir}: not a work folder of `affinitynet run` (no records, no config.yaml)")
@@ -408,26 +431,47 @@ class IRNLabeler:
     @torch.inference_mode()
     def semantic_label(self, image: np.ndarray | Image.Image, keys: np.ndarray, cams: np.ndarray) -> np.ndarray:
         """IRN's semantic pseudo label: (H, W) uint8, 0 background, class index + 1."""
-        rgb, s = to_rgb(image), self.settings
-        edge, _ = self.boundary(rgb)
-        label, _, _ = semantic_pseudo_label(self.grid_cams(cams, rgb.shape[:2]), np.asarray(keys), edge,
-                                            rgb.shape[:2], beta=s.beta, exp_times=s.exp_times,
-                                            bg_threshold=s.sem_seg_bg_thres, radius=s.radius, stride=IRN_STRIDE,
-                                            method=s.method)
-        return label
+        return self.labels(image, keys, cams, instances=False).semantic
 
     @torch.inference_mode()
     def instances(self, image: np.ndarray | Image.Image, keys: np.ndarray, cams: np.ndarray) -> Detections:
         """IRN's instance pseudo labels: detections with masks (N, H, W) bool, classes (N,)
         class indices and scores (N,); ``artifacts.save_instances`` writes them."""
+        found = self.labels(image, keys, cams, semantic=False).detections
+        assert found is not None
+        return found
+
+    @torch.inference_mode()
+    def labels(self, image: np.ndarray | Image.Image, keys: np.ndarray, cams: np.ndarray, semantic: bool = True,
+               instances: bool = True) -> IRNLabels:
+        """The boundary map and, from one pass of the network, the semantic and / or instance
+        pseudo labels of an image (what random-walk writes with method irn)."""
         rgb, s = to_rgb(image), self.settings
         edge, displacement = self.boundary(rgb)
-        found = instance_pseudo_labels(self.grid_cams(cams, rgb.shape[:2]), np.asarray(keys), edge, displacement,
-                                       rgb.shape[:2], beta=s.beta, exp_times=s.exp_times, radius=s.radius,
-                                       stride=IRN_STRIDE, bg_threshold=s.ins_seg_bg_thres,
-                                       centroid_iterations=s.centroid_iterations, weak_threshold=s.weak_threshold,
-                                       min_area_fraction=s.min_area, method=s.method)
-        return found.detections
+        grid, keys = self.grid_cams(cams, rgb.shape[:2]), np.asarray(keys)
+        label = found = None
+        if semantic:
+            label = semantic_pseudo_label(grid, keys, edge, rgb.shape[:2], beta=s.beta, exp_times=s.exp_times,
+                                          bg_threshold=s.sem_seg_bg_thres, radius=s.radius, stride=IRN_STRIDE,
+                                          method=s.method)[0]
+        if instances:
+            found = instance_pseudo_labels(grid, keys, edge, displacement, rgb.shape[:2], beta=s.beta,
+                                           exp_times=s.exp_times, radius=s.radius, stride=IRN_STRIDE,
+                                           bg_threshold=s.ins_seg_bg_thres, centroid_iterations=s.centroid_iterations,
+                                           weak_threshold=s.weak_threshold, min_area_fraction=s.min_area,
+                                           method=s.method).detections
+        return IRNLabels(edge.cpu().numpy(), label, found)
+
+
+@dataclass(frozen=True)
+class IRNLabels:
+    """What IRN makes of one image: ``boundary`` (ceil(H/4), ceil(W/4)) float32 in [0, 1],
+    ``semantic`` (H, W) uint8 label map (0 background, class index + 1) and ``detections``
+    (instance masks (N, H, W), classes, scores); None where not asked for."""
+
+    boundary: np.ndarray
+    semantic: np.ndarray | None
+    detections: Detections | None
 
 
 def load_irn_labeler(weights: str | Path, device: str | torch.device = "cpu",

@@ -4,7 +4,8 @@
 warnings of the run, the scores of every evaluating stage (``metrics.json``) as a table and a
 per-class IoU chart, the training curves (``log.jsonl`` of each training stage), the CAM
 background-threshold sweep, a gallery of images with their CAMs and every label map in the
-dataset's palette, the stage times and the config. Everything it shows lies beside it in
+dataset's palette (with method irn also the class-boundary maps and the instance pseudo labels
+beside the ground-truth instances), the stage times and the config. Everything it shows lies beside it in
 ``report/`` (PNG files, relative links, no script, no network), so it opens offline and can be
 copied as a folder. Each chart exists twice, for a light and a dark page
 (``prefers-color-scheme``).
@@ -30,6 +31,7 @@ from PIL import Image
 
 from affinitynet import artifacts, config as C, records, visualize
 from affinitynet.algorithms.metrics import confusion_matrix, mean_iou
+from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import ReportFolder, WorkDir
 from affinitynet.conventions import IGNORE_INDEX
 from affinitynet.data.images import load_label_png, save_label_png
@@ -37,7 +39,8 @@ from affinitynet.data.palette import VOC_COLORMAP
 from affinitynet.data.voc import VOCDataset, open_dataset
 from affinitynet.diagnostics import THRESHOLD_GAP, sweep_summary, threshold_gap
 from affinitynet.errors import AffinityNetError, InputError
-from affinitynet.stage_table import STAGE_BY_NAME, STAGE_TABLE
+from affinitynet.evaluation import instance_summary
+from affinitynet.stage_table import STAGE_BY_NAME, STAGE_TABLE, title_of
 from affinitynet.visualize import Theme
 
 GALLERY_IMAGES = 24  # default number of gallery images
@@ -158,6 +161,7 @@ def _header(r: _Report) -> str:
     facts = [f"work folder <code>{esc(r.wd.root.resolve())}</code>"]
     if r.cfg is not None:
         facts.append(f"dataset <code>{esc(r.cfg.dataset.root)}</code>")
+        facts.append(f"method <b>{esc(r.cfg.method)}</b>")
     if r.voc is not None:
         facts.append(f"{r.voc.num_classes} classes ({esc(', '.join(r.voc.classes))})")
     profile = (r.metrics or {}).get("dataset")
@@ -209,6 +213,8 @@ def _scores(r: _Report) -> str:
                          f"{_num(m.get('confident_coverage'))} % of the labelled pixels")
             if m.get("cam_precision_on_confident") is not None:
                 extra.append(f"the CAM prediction is right on {_num(m['cam_precision_on_confident'])} % of them")
+        if key == "random_walk" and isinstance(m.get("instances"), dict):
+            extra.append(instance_summary(m["instances"]))
         if key == "segment" and m.get("split"):
             extra.append(f"on the {esc(m['split'])} split")
         rows.append(f"<tr><th>{esc(EVALUATIONS[key])}</th><td>{_num(m.get('miou'))}</td>"
@@ -278,7 +284,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
 def _training(r: _Report) -> str:
     parts = ['<section id="training"><h2>Training</h2>']
     for stage in (s for s in STAGE_TABLE if s.trains):
-        attr, title = stage.folder, f"{stage.title} ({stage.cli})"
+        attr, title = stage.folder, f"{title_of(stage.name, r.cfg.method if r.cfg else 'psa')} ({stage.cli})"
         folder: artifacts.TrainingFolder = r.wd.training(stage.name)
         records = artifacts.read_jsonl(folder.log)
         if not records:
@@ -472,6 +478,8 @@ def _card(r: _Report, index: int, name: str, why: str, walk_iou: float | None) -
         if path.is_file():
             labels[slug] = panel(title, slug, lambda path=path: load_label_png(path), label=True)
     gt = panel("ground truth", "gt", lambda: r.voc.load_gt(name), label=True) if r.voc.has_gt(name) else None
+    if rgb is not None:
+        _irn_panels(r, name, rgb, panel)
 
     facts = [f'<span class="tag {esc(why)}">{esc(why)}</span>']
     if walk_iou is not None:
@@ -486,6 +494,25 @@ def _card(r: _Report, index: int, name: str, why: str, walk_iou: float | None) -
     issues = "".join(f'<p class="note">{esc(p)}</p>' for p in problems)
     return (f'<article class="card"><h3>{esc(name)} {" · ".join(facts)}</h3>'
             f'<div class="panels">{"".join(figures)}</div>{issues}</article>')
+
+
+def _irn_panels(r: _Report, name: str, rgb: np.ndarray, panel: Callable[..., np.ndarray | None]) -> None:
+    """Method irn's pictures of an image: its class-boundary map, its instance pseudo labels and
+    the ground-truth instances (SegmentationObject) beside them."""
+    assert r.voc is not None
+    boundary, instances = WorkDir.png(r.wd.boundary, name), r.wd.instance_file(name)
+    if boundary.is_file():
+        working = WorkImage(rgb, r.cfg.dataset.long_side if r.cfg else 0).size
+        panel("class boundaries (IRN)", "boundary",
+              lambda: visualize.boundary_picture(artifacts.load_boundary(boundary), working, rgb.shape[:2]))
+    if instances.is_file():
+        def instance_map() -> np.ndarray:
+            masks, _, scores = artifacts.load_instances(instances, rgb.shape[:2], r.voc.num_classes)
+            return visualize.instance_ids(masks, scores)
+
+        panel("instances (IRN)", "instances", instance_map, label=True)
+        if r.voc.has_objects(name):
+            panel("ground-truth instances", "gt-objects", lambda: r.voc.load_objects(name), label=True)
 
 
 def _picture(r: _Report, stem: str, title: str, array: np.ndarray, label: bool) -> str:

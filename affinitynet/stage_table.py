@@ -60,7 +60,8 @@ STAGE_TABLE: tuple[StageInfo, ...] = (
     StageInfo("train_aff", "AffinityNet", "stage 3: train AffinityNet", True, "affinity",
               reads=("train_cam", "aff_labels")),
     StageInfo("random_walk", "random walk", "stage 4: random walk -> pseudo labels (+ evaluation)", False,
-              "pseudo_labels", evaluates=True, reads=("make_cam", "train_aff")),
+              "pseudo_labels", evaluates=True, reads=("make_cam", "train_aff"),
+              outputs=("pseudo_labels", "boundary", "instances")),  # the last two: method irn
     StageInfo("train_seg", "segmentation net", "stage 5a: train the segmentation network on the pseudo labels", True,
               "segmentation", reads=("train_cam", "random_walk")),
     StageInfo("segment", "segmentation net", "stage 5b: segment a split with it (+ evaluation)", False, "seg_pred",
@@ -78,9 +79,21 @@ METHOD_SECTIONS: dict[str, dict[str, str]] = {
 }
 
 
+#: titles that differ under a method (pictures and the report)
+METHOD_TITLES: dict[str, dict[str, str]] = {
+    "psa": {},
+    "irn": {"aff_labels": "confident IR labels (IRN's CRF)", "train_aff": "IRN's network"},
+}
+
+
 def section_of(stage: str, method: str) -> str:
     """The config section stage ``stage`` reads under ``method``."""
     return METHOD_SECTIONS[method].get(stage, stage)
+
+
+def title_of(stage: str, method: str) -> str:
+    """How pictures and the report call stage ``stage`` under ``method``."""
+    return METHOD_TITLES[method].get(stage, STAGE_BY_NAME[stage].title)
 
 #: ``affinitynet tune``: not a pipeline stage, but its outputs have a record too
 TUNE = StageInfo("tune", "tune", "search bg score, CRF alphas and walk settings on images with ground truth", False,

@@ -150,6 +150,31 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     return np.round((1 - alpha) * image.astype(np.float32) + alpha * heat).astype(np.uint8)
 
 
+def boundary_picture(boundary: np.ndarray, working_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+    """IRN's boundary map (h, w) in [0, 1] on the stride-4 grid of the image at its working size
+    ``working_hw`` -> (H, W, 3) uint8 at the image size ``image_hw``: boundaries white on black."""
+    from PIL import Image
+
+    cells = np.repeat(np.repeat(np.asarray(boundary, np.float32), 4, axis=0), 4, axis=1)
+    cells = cells[:working_hw[0], :working_hw[1]]
+    gray = Image.fromarray(np.round(np.clip(cells, 0, 1) * 255).astype(np.uint8))
+    gray = np.asarray(gray.resize((image_hw[1], image_hw[0]), Image.BILINEAR))
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def instance_ids(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Instance masks (N, H, W) -> (H, W) uint8 map of instance numbers as VOC's
+    SegmentationObject numbers them (0 none, 1.. by descending score, at most 254), a
+    higher-scoring instance drawn over a lower one; shown in the VOC palette like
+    SegmentationObject."""
+    masks = np.asarray(masks, dtype=bool)
+    ids = np.zeros(masks.shape[1:], np.uint8)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:254]
+    for number, index in reversed(list(enumerate(order, start=1))):  # the best last: on top
+        ids[masks[index]] = number
+    return ids
+
+
 def _save_chart(fig: Figure, path: str | Path, theme: Theme) -> Path:
     """Colour every axes of ``fig`` with ``theme`` and save it as PNG, atomically."""
     fig.set_facecolor(theme.background)

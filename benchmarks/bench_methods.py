@@ -4,9 +4,8 @@ For each family: ``affinitynet demo --set method=irn`` (the CPU recipe, configs/
 IRN's stages 2b-4), then ``run`` with ``method: psa`` on a copy of that work folder, which keeps
 the classifier and the CAMs and redoes make-aff-labels, train-aff, random-walk, train-seg and
 segment the PSA way; so both methods start from identical CAMs. IRN's instance pseudo labels
-of the val images (``IRNLabeler.instances`` with the run's network, written with
-``artifacts.save_instances``) are scored against the generators' ``SegmentationObject``
-(``evaluate_instances``: mask AP at IoU 0.5). Val mIoU throughout.
+(random-walk writes them with method irn) are scored by the run against the generators'
+``SegmentationObject`` (mask AP at IoU 0.5). Val mIoU throughout.
 
     python benchmarks/bench_methods.py                  # 200 + 50 images per family (~40 min on 2 cores)
     python benchmarks/bench_methods.py --quick          # smoke test: 8 + 6 images, 1 epoch each
@@ -21,35 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from affinitynet import artifacts, pipeline  # noqa: E402
-from affinitynet.algorithms.resize import WorkImage  # noqa: E402
+from affinitynet import pipeline  # noqa: E402
 from affinitynet.config import RunConfig, load_config  # noqa: E402
-from affinitynet.data.voc import VOCDataset  # noqa: E402
-from affinitynet.evaluation import evaluate_instances  # noqa: E402
-from affinitynet.inference import load_irn_labeler  # noqa: E402
 from _bench import machine, print_table_header, quiet, run_main  # noqa: E402
 
 QUICK_SETS = ["train_cam.epochs=1", "train_irn.epochs=1", "train_aff.epochs=1", "train_seg.epochs=1",
               "aff_labels.processes=1", "ir_labels.processes=1"]
-
-
-def instance_map(work: Path, voc: VOCDataset, names: list[str], long_side: int) -> dict:
-    """IRN's instance pseudo labels of ``names`` from the run's network and CAMs, scored."""
-    labeler, out = load_irn_labeler(work), work / "instances"
-    for name in names:
-        image = WorkImage(voc.load_image(name), long_side)
-        keys, maps = artifacts.load_cam(work / "cam" / f"{name}.npz", image.native_size, voc.num_classes)
-        found = labeler.instances(image.image, keys, image.maps(maps))
-        masks = [image.label_to_native(m.astype(np.uint8)) > 0 for m in found.masks]
-        artifacts.save_instances(out / f"{name}.json", name,
-                                 np.stack(masks) if masks else np.zeros((0, *image.native_size), bool),
-                                 found.classes, found.scores)
-    return evaluate_instances(out, voc, names)
 
 
 def family_rows(family: str, tmp: Path, data: dict, sets: list[str]) -> list[str]:
@@ -63,8 +42,7 @@ def family_rows(family: str, tmp: Path, data: dict, sets: list[str]) -> list[str
     start = time.time()
     m_psa = quiet(pipeline.run, cfg)
     psa_seconds = time.time() - start
-    voc = VOCDataset(irn / "data")
-    ap = instance_map(irn, voc, voc.split("val"), cfg.dataset.long_side)
+    ap = m_irn["random_walk"]["instances"]
     rows = []
     for method, m, seconds, extra in (("PSA (AffinityNet)", m_psa, psa_seconds, "-"),
                                       ("IRN (boundaries)", m_irn, irn_seconds,

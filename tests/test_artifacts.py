@@ -79,3 +79,18 @@ def test_cam_files_are_byte_identical_for_equal_arrays(tmp_path):
     time.sleep(1.1)  # a zip timestamp would differ now
     artifacts.save_cam(tmp_path / "b.npz", np.array([3]), maps, 20)
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_boundary_maps_round_trip_as_8_bit_png(tmp_path):
+    boundary = np.linspace(0, 1, 7 * 9, dtype=np.float32).reshape(7, 9)
+    artifacts.save_boundary(tmp_path / "b.png", boundary)
+    back = artifacts.load_boundary(tmp_path / "b.png")
+    assert back.shape == (7, 9) and back.dtype == np.float32
+    assert np.abs(back - boundary).max() <= 0.5 / 255 + 1e-7 and back[0, 0] == 0 and back[-1, -1] == 1
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="rgb.png: a boundary map is an 8-bit grayscale PNG"):
+        artifacts.load_boundary(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="unreadable boundary map"):
+        artifacts.load_boundary(tmp_path / "missing.png")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import golden_cases, rel_err
 
-from affinitynet.algorithms.boundary import (boundary_walk, canvas_crop, edge_to_affinity, edge_to_affinity_indexed,
+from affinitynet.algorithms.boundary import (boundary_walk, boundary_walks, canvas_crop, edge_to_affinity, edge_to_affinity_indexed,
                                              grid_boundary_affinity, ir_pair_labels, pair_labels,
                                              semantic_label, semantic_pseudo_label, top_left_box, upsample_walk)
 from affinitynet.algorithms.crf import IRN_LABEL_KERNELS, combine_ir_labels, ir_label, ir_label_parts, label_crf
@@ -177,6 +177,12 @@ def test_boundary_walk_sparse_equals_dense_random(hw, radius, seed):
     torch.testing.assert_close(random_walk_steps(x, shuffled, (8,))[8], sparse, rtol=1e-12, atol=1e-15)
     reference = random_walk_dense(x.reshape(3, -1), grid_affinity_dense(weights, offsets), 10, 8)
     torch.testing.assert_close(dense, reference.reshape(3, h, w), rtol=0, atol=0)
+    # tune's form: one walk keeps every 2^t asked for, each the walk of that many steps
+    walks = boundary_walks(maps, edge, 10, (0, 3, 8), radius)
+    torch.testing.assert_close(walks[8], sparse, rtol=0, atol=0)
+    torch.testing.assert_close(walks[3], boundary_walk(maps, edge, 10, 3, radius), rtol=0, atol=0)
+    torch.testing.assert_close(walks[0], boundary_walk(maps, edge, 10, 0, radius), rtol=0, atol=0)  # 2^0 = 1 step
+    assert rel_err(walks[0], x) > 1e-3
 
 
 def test_transition_ignores_weights_of_pairs_off_the_grid():

@@ -16,7 +16,7 @@ from affinitynet import artifacts
 from affinitynet.cli import main
 from affinitynet.config import PrepareCOCOConfig
 from affinitynet.data.images import load_label_png, load_rgb
-from affinitynet.data.prepare_coco import Instance, rasterize
+from affinitynet.data.prepare_coco import Instance, rasterize, rasterize_both
 from affinitynet.data.synthetic import make_sample
 from affinitynet.data.voc import VOCDataset
 from affinitynet.errors import InputError
@@ -154,6 +154,13 @@ def test_lists_labels_masks_and_links(coco, tmp_path):
     gt_e[1:5, 1:5] = DOG
     np.testing.assert_array_equal(ds.load_gt("COCO_val2014_000000000101"), gt_e)
     assert not ds.has_gt("COCO_train2014_000000000009")  # no mask for an image no split lists
+    # instance ground truth as VOC's SegmentationObject: one id per non-crowd annotation (20, 21, 30)
+    from affinitynet.algorithms.metrics import voc_instances
+
+    name = "COCO_train2014_000000000002"
+    masks, classes = voc_instances(ds.load_gt(name), ds.load_objects(name))
+    assert [ds.classes[c] for c in classes] == ["traffic light", "car", "dog"]
+    assert (ds.load_objects(name)[ds.load_gt(name) == 255] == 255).all()
     # the EXIF-tagged image: read on its stored grid, as its mask is drawn (the stored 3x2 car at
     # the top left); with dataset.exif_transpose both turn alike (orientation 6: 90 degrees
     # clockwise), so the car ends at the top right of the upright 6x8 picture
@@ -188,6 +195,16 @@ def test_rasterize_rule_directly():
     np.testing.assert_array_equal(got, want)
     # order of the input does not matter
     np.testing.assert_array_equal(rasterize([c, b, a], 4, 6), want)
+    # the instance map: the same rule, instances numbered by annotation id (b 3, a 5, c 9)
+    label, objects = rasterize_both([c, a, b], 4, 6)
+    want_objects = np.zeros((4, 6), np.uint8)
+    want_objects[:, 0:2], want_objects[:, 2:6], want_objects[1, 3] = 2, 1, 3
+    np.testing.assert_array_equal(label, want)
+    np.testing.assert_array_equal(objects, want_objects)
+    # a crowd region no instance covers is 255 in both
+    crowd = Instance(11, CAR, True, rect(0, 0, 6, 1))
+    label, objects = rasterize_both([crowd, c], 4, 6)
+    assert (label[0] == 255).all() and (objects[0] == 255).all() and objects[1, 3] == 1 and label[1, 3] == PERSON
 
 
 def test_rerun_skips_finished_masks(coco, tmp_path):
@@ -198,13 +215,16 @@ def test_rerun_skips_finished_masks(coco, tmp_path):
     gt = out / "SegmentationClass"
     before = {p.name: p.stat().st_mtime_ns for p in gt.glob("*.png")}
     (gt / "COCO_train2014_000000000002.png").unlink()
+    (out / "SegmentationObject" / "COCO_val2014_000000000100.png").unlink()  # e.g. prepared by an older version
     (gt / f"{artifacts.TMP_PREFIX}COCO_val2014_000000000101.png.dead").write_bytes(b"half")  # a killed write
     second = stage.run(cfg)
-    assert (second["masks_written_train"], second["masks_written_val"]) == (1, 0)
+    assert (second["masks_written_train"], second["masks_written_val"]) == (1, 1)
+    assert (out / "SegmentationObject" / "COCO_val2014_000000000100.png").is_file()
     assert second["links"] == {"symlink": 0, "hardlink": 0, "copy": 0, "kept": 4}
     after = {p.name: p.stat().st_mtime_ns for p in gt.glob("*.png")}
     assert set(after) == set(before) and sorted(p.name for p in gt.iterdir()) == sorted(before)
-    assert all(after[n] == before[n] for n in before if n != "COCO_train2014_000000000002.png")
+    rewritten = ("COCO_train2014_000000000002.png", "COCO_val2014_000000000100.png")
+    assert all(after[n] == before[n] for n in before if n not in rewritten)
     np.testing.assert_array_equal(load_label_png(gt / "COCO_train2014_000000000002.png"), expected_b())
 
 

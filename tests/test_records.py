@@ -290,7 +290,6 @@ IRN_SETS = ["method=irn", "ir_labels.processes=1", "ir_labels.crf_iterations=1",
 
 def test_switching_the_method_redoes_stages_2b_to_5_only(first, folder, capsys):
     from affinitynet.api import load_irn_labeler, load_pseudo_labeler
-    from affinitynet.errors import InputError
 
     wd, cfg_file = folder
     kept = outputs(wd, "classifier", "cam", "cam_pred")
@@ -309,8 +308,11 @@ def test_switching_the_method_redoes_stages_2b_to_5_only(first, folder, capsys):
     assert "fc_edge1.0.weight" in state and float(state["mean_shift.running_mean"].abs().sum()) > 0
     assert len(list(wd.pseudo_labels.glob("*.png"))) == 12
     assert records.recorded_config(wd.root).method == "irn"
-    with pytest.raises(InputError, match="load_irn_labeler"):
-        load_pseudo_labeler(wd.root)
+    # beside each label its boundary map and instance file; the instances scored on val
+    assert len(list(wd.boundary.glob("*.png"))) == len(list(wd.instances.glob("*.json"))) == 12
+    walk = json.loads(wd.metrics.read_text())["random_walk"]
+    assert walk["instances"]["num_images"] == 4 and walk["instances"]["num_instances"] > 0
+    assert 0 <= walk["instances"]["map"] <= 100
     # the API gives the stage's labels (given the image and CAMs at the run's working size)
     labeler = load_irn_labeler(wd.root)
     assert labeler.settings.exp_times == 2
@@ -318,8 +320,39 @@ def test_switching_the_method_redoes_stages_2b_to_5_only(first, folder, capsys):
     name = voc.split("val")[0]
     work = WorkImage(voc.load_image(name), 256)
     keys, maps = artifacts.load_cam(wd.cam_file(name), work.native_size, voc.num_classes)
-    label = work.label_to_native(labeler.semantic_label(work.image, keys, work.maps(maps)))
-    assert np.array_equal(label, load_label_png(wd.png(wd.pseudo_labels, name)))
+    made = labeler.labels(work.image, keys, work.maps(maps))
+    stage_label = load_label_png(wd.png(wd.pseudo_labels, name))
+    assert np.array_equal(work.label_to_native(made.semantic), stage_label)
+    assert np.abs(artifacts.load_boundary(wd.png(wd.boundary, name)) - made.boundary).max() <= 0.5 / 255 + 1e-6
+    # and so does the run's pseudo labeler, from the image and its class names
+    pseudo = load_pseudo_labeler(wd.root)
+    class_names = voc.label_names(name)
+    assert np.array_equal(pseudo.pseudo_label(voc.load_image(name), class_names), stage_label)
+    found = pseudo.instances(voc.load_image(name), class_names)
+    masks, classes, scores = artifacts.load_instances(wd.instance_file(name), work.native_size, voc.num_classes)
+    assert np.array_equal(found.masks, masks) and np.array_equal(found.classes, classes)
+    assert np.allclose(found.scores, scores)
+    # the report shows the boundary maps and instances beside the ground-truth instances
+    page = (wd.report.root / "index.html").read_text()
+    assert "class boundaries (IRN)" in page and "instances (IRN)" in page and "ground-truth instances" in page
+    assert "IRN&#x27;s network (train-aff)" in page and "instance pseudo labels: mask mAP@0.5" in page
+    # tune searches IRN's settings
+    small = ["--set", "tune.split=val", "--set", "tune.bg_scores=[0.3]", "--set", "tune.fg_thresholds=[0.2,0.3]",
+             "--set", "tune.bg_thresholds=[0.05]", "--set", "tune.sem_seg_bg_thresholds=[0.2,0.3]",
+             "--set", "tune.irn_betas=[10]", "--set", "tune.exp_times=[1,2]"]
+    capsys.readouterr()
+    assert main(["tune", "--config", str(cfg_file), *sets, *small]) == 0
+    out = capsys.readouterr().out
+    assert "ir_labels (fg_threshold, bg_threshold)" in out and "irn_labels (sem_seg_bg_thres, beta, exp_times)" in out
+    tuned = json.loads((wd.tune / "tune.json").read_text())
+    assert tuned["method"] == "irn" and set(tuned["chosen"]) == {"make_cam", "ir_labels", "irn_labels"}
+    assert tuned["current"]["irn_labels"] == {"sem_seg_bg_thres": 0.25, "beta": 10.0, "exp_times": 2}
+    assert len(tuned["search"]["irn_walk"]) == 3 * 1 * 2  # thresholds (with the current 0.25) x betas x exp_times
+    # its walk is the stage's: the current settings score on val what the stage's labels score
+    from affinitynet.stages import tune
+
+    cfg = records.recorded_config(wd.root)
+    assert tune.score_settings(cfg, voc.split("val"), tuned["current"])["irn_walk"] == pytest.approx(walk["miou"])
     # and back: PSA's stages again, the classifier and CAMs still kept
     status = run(capsys, "run", "--config", str(cfg_file))
     assert [status[s] for s in STAGES[:2]] == ["up to date"] * 2

@@ -276,3 +276,21 @@ def test_report_in_a_browser(full, tmp_path):
         assert found["scrollWidth"] <= found["innerWidth"], scheme
         assert (tmp_path / f"report-{scheme}.png").stat().st_size > 50_000
     assert seen["light"]["background"] != seen["dark"]["background"]
+
+
+def test_instance_pictures_number_instances_by_score_the_best_on_top():
+    from affinitynet import visualize
+
+    masks = np.zeros((3, 6, 8), bool)
+    masks[0, :, :4] = True  # score 0.2
+    masks[1, :, 3:] = True  # score 0.9: overlaps the first at column 3 and wins there
+    masks[2, 0, 0] = True   # score 0.5: inside the first, on top of it
+    ids = visualize.instance_ids(masks, np.array([0.2, 0.9, 0.5]))
+    assert ids.dtype == np.uint8 and ids[0, 0] == 2 and ids[1, 0] == 3 and (ids[:, 3:] == 1).all()
+    assert (visualize.instance_ids(np.zeros((0, 6, 8), bool), np.zeros(0)) == 0).all()
+    # the boundary map drawn at the image size: stride-4 cells cropped to the working size, then scaled
+    boundary = np.zeros((3, 4), np.float32)
+    boundary[:, 1] = 1.0  # cells of column 1: pixels 4-7 of the working size
+    picture = visualize.boundary_picture(boundary, (10, 14), (20, 28))
+    assert picture.shape == (20, 28, 3) and picture[..., 0].max() == 255
+    assert picture[:, 10:14, 0].min() == 255 and picture[:, :6, 0].max() == 0 and picture[:, 18:, 0].max() == 0

@@ -10,6 +10,8 @@ them apart. Pair arrays are (..., D, n_src) in IRN's direction order (``path_ind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -91,19 +93,35 @@ def boundary_walk(maps: torch.Tensor, edge: torch.Tensor, beta: float, exp_times
     Computes in the dtype and on the device of ``edge``; ``method="dense"`` forms the n x n
     matrix and squares it, as the original (for checking).
     """
-    edge = edge.reshape(edge.shape[-2:])
-    if maps.shape[-2:] != edge.shape:
-        raise ValueError(f"maps grid {tuple(maps.shape[-2:])} != boundary grid {tuple(edge.shape)}")
-    x = maps.to(device=edge.device, dtype=edge.dtype) * (1 - edge)
+    if method == "sparse":
+        return boundary_walks(maps, edge, beta, (exp_times,), radius)[exp_times]
+    if method != "dense":
+        raise ValueError(f"unknown random walk method {method!r} (one of {', '.join(WALK_METHODS)})")
+    x, edge = _walk_start(maps, edge)
     if x.shape[0] == 0:
         return x
     weights, offsets = grid_boundary_affinity(edge, radius)
-    if method == "sparse":
-        return random_walk_steps(x, grid_transition(weights, offsets, beta), (exp_times,))[exp_times]
-    if method == "dense":
-        walked = random_walk_dense(x.reshape(x.shape[0], -1), grid_affinity_dense(weights, offsets), beta, exp_times)
-        return walked.reshape(x.shape)
-    raise ValueError(f"unknown random walk method {method!r} (one of {', '.join(WALK_METHODS)})")
+    walked = random_walk_dense(x.reshape(x.shape[0], -1), grid_affinity_dense(weights, offsets), beta, exp_times)
+    return walked.reshape(x.shape)
+
+
+def boundary_walks(maps: torch.Tensor, edge: torch.Tensor, beta: float, exp_times: Sequence[int],
+                   radius: int) -> dict[int, torch.Tensor]:
+    """``boundary_walk`` (sparse) after 2^e steps for every e of ``exp_times``, from one walk:
+    {e: (C, h, w)} (what ``tune`` compares)."""
+    x, edge = _walk_start(maps, edge)
+    if x.shape[0] == 0:
+        return {e: x for e in exp_times}
+    weights, offsets = grid_boundary_affinity(edge, radius)
+    return random_walk_steps(x, grid_transition(weights, offsets, beta), tuple(exp_times))
+
+
+def _walk_start(maps: torch.Tensor, edge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(maps * (1 - edge) in edge's dtype and device, edge as (h, w))."""
+    edge = edge.reshape(edge.shape[-2:])
+    if maps.shape[-2:] != edge.shape:
+        raise ValueError(f"maps grid {tuple(maps.shape[-2:])} != boundary grid {tuple(edge.shape)}")
+    return maps.to(device=edge.device, dtype=edge.dtype) * (1 - edge), edge
 
 
 def upsample_walk(rw: torch.Tensor, image_hw: tuple[int, int], stride: int) -> torch.Tensor:

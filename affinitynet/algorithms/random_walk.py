@@ -186,7 +186,7 @@ def random_walk_steps(cams: torch.Tensor, transition: torch.Tensor,
                          f"{transition.shape[0]} cells")
     scores = cams.reshape(cams.shape[0], -1).to(device=transition.device, dtype=transition.dtype)
     scores = scores.T.contiguous()  # (n, K): T^T @ s^T is (s @ T)^T
-    kept = {0: scores} if 0 in logts else {}
+    kept = {}
     for step in range(1, 2 ** max(logts) + 1):
         scores = transition @ scores
         if step & (step - 1) == 0 and step.bit_length() - 1 in logts:  # step = 2^logt

@@ -58,6 +58,11 @@ class WorkImage:
         """A label map made at the working size, back at the native size."""
         return resize_label(label, self.native_size)
 
+    def masks_to_native(self, masks: np.ndarray) -> np.ndarray:
+        """(N, h, w) bool masks made at the working size -> (N, H, W) bool at the native size."""
+        native = [resize_label(m.astype(np.uint8), self.native_size) for m in masks]
+        return np.stack(native).astype(bool) if native else np.zeros((0, *self.native_size), bool)
+
 
 def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
     """An (H, W, 3) uint8 RGB image resized by ``scale`` with Pillow bicubic (PSA's filter)."""

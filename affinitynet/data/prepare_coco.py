@@ -17,6 +17,9 @@ Output under ``out`` (default: ``coco_root`` itself), a dataset folder in VOC la
                                               copy, only where the file system has no symlinks)
     SegmentationClass/<name>.png              semantic ground truth, palette PNG (0 background,
                                               1..80 categories, 255 crowd regions)
+    SegmentationObject/<name>.png             instance ground truth as VOC's (0 background, 1.. one
+                                              id per non-crowd instance, 255 crowd regions), for
+                                              instance mAP (``evaluate --instances``, method irn)
     ImageSets/Segmentation/train.txt          train2014 images with at least one annotation (82,081)
     ImageSets/Segmentation/val.txt            val2014 images with at least one annotation (40,137)
     ImageSets/Segmentation/no_objects_{train,val}.txt   the images without any annotation (left out)
@@ -28,7 +31,8 @@ Rasterising (``rasterize``), one deterministic rule: every non-crowd instance is
 pycocotools (polygons and RLE, compressed or not); where instances overlap the one with the
 *smaller* area in pixels (of its own rasterised mask) wins, and between equal areas the lower
 annotation id wins (the larger instance is usually the one behind: a table under the plates).
-Crowd regions are 255 (ignored by the evaluation) wherever no instance covers the pixel.
+Crowd regions are 255 (ignored by the evaluation) wherever no instance covers the pixel. The
+instance map follows the same rule, numbering the instances by annotation id.
 Polygons with fewer than three points have no area and are skipped.
 
 EXIF: COCO's annotations are drawn on the stored pixel grid, which is what the pipeline reads
@@ -61,6 +65,9 @@ from affinitynet.data.images import save_label_png
 from affinitynet.data.voc import IMAGE_EXTS
 from affinitynet.errors import InputError
 from affinitynet.parallel import map_in_processes, usable_cores
+
+OBJECT_DIR = "SegmentationObject"
+MAX_OBJECTS = 254  # instance ids of a uint8 SegmentationObject PNG (0 background, 255 ignore)
 
 #: (split name in the output, image folder, annotation file) of COCO 2014
 SPLITS: tuple[tuple[str, str, str], ...] = (
@@ -210,7 +217,16 @@ def rasterize(instances: Iterable[Instance], height: int, width: int) -> np.ndar
     """(H, W) uint8 semantic label map of one image's annotations: 0 background, class label
     where an instance is (overlaps: the smaller instance in pixels wins, then the lower
     annotation id), 255 in crowd regions that no instance covers."""
+    return rasterize_both(instances, height, width)[0]
+
+
+def rasterize_both(instances: Iterable[Instance], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(semantic label map as ``rasterize``, instance map) of one image: the instance map
+    (VOC's ``SegmentationObject``) numbers the non-crowd instances 1, 2, ... in annotation-id
+    order with the same overlap rule, 0 elsewhere and 255 in crowd regions that no instance
+    covers; instances beyond the 254th (uint8) are 255 too."""
     label = np.zeros((height, width), dtype=np.uint8)
+    objects_map = np.zeros((height, width), dtype=np.uint8)
     crowd = np.zeros((height, width), dtype=bool)
     objects = []
     for inst in instances:
@@ -219,11 +235,16 @@ def rasterize(instances: Iterable[Instance], height: int, width: int) -> np.ndar
             crowd |= mask
         else:
             objects.append((int(mask.sum()), inst.id, inst.label, mask))
+    number = {inst_id: i + 1 if i < MAX_OBJECTS else IGNORE_INDEX
+              for i, inst_id in enumerate(sorted(o[1] for o in objects))}
     # painted largest first, so the smaller one ends on top; equal areas: higher id first
-    for _, _, cls, mask in sorted(objects, key=lambda o: (-o[0], -o[1])):
+    for _, inst_id, cls, mask in sorted(objects, key=lambda o: (-o[0], -o[1])):
         label[mask] = cls
-    label[crowd & (label == 0)] = IGNORE_INDEX
-    return label
+        objects_map[mask] = number[inst_id]
+    uncovered = crowd & (label == 0)
+    label[uncovered] = IGNORE_INDEX
+    objects_map[uncovered] = IGNORE_INDEX
+    return label, objects_map
 
 
 # -- one image's mask (run in worker processes) ------------------------------------------------
@@ -236,7 +257,8 @@ class MaskTask:
     height: int
     width: int
     instances: tuple[Instance, ...]
-    out: Path
+    out: Path  # SegmentationClass/<name>.png
+    objects_out: Path  # SegmentationObject/<name>.png
     annotations: Path  # the annotation file, for error messages
 
 
@@ -253,17 +275,18 @@ def stored_size(path: Path) -> tuple[int, int]:
 
 def write_mask(task: MaskTask) -> str:
     """Rasterise ``task``'s annotations on the image's stored pixel grid and write the palette
-    PNG atomically. Returns the image name."""
+    PNGs (instances, then classes) atomically. Returns the image name."""
     size = stored_size(task.image)
     if size != (task.width, task.height):
         raise InputError(f"{task.image}: image is {size[0]}x{size[1]} px, but {task.annotations} "
                          f"says {task.width}x{task.height}")
     try:
-        label = rasterize(task.instances, task.height, task.width)
+        label, objects = rasterize_both(task.instances, task.height, task.width)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise InputError(f"{task.annotations}: a segmentation of image {task.image.name} cannot be "
                          f"rasterised ({exc})") from None
-    save_label_png(task.out, label)
+    save_label_png(task.objects_out, objects)
+    save_label_png(task.out, label)  # last: it marks the image done
     return task.name
 
 
@@ -316,12 +339,17 @@ def link_images(sources: list[tuple[Path, str]], folder: Path) -> dict[str, int]
 
 
 # -- the whole preparation -----------------------------------------------------------------------
-def _tasks(split: SplitAnnotations, with_objects: list[dict[str, Any]], image_dir: Path, gt_dir: Path,
-           done: set[str]) -> Iterator[MaskTask]:
+def _tasks(split: SplitAnnotations, with_objects: list[dict[str, Any]], image_dir: Path, out_root: Path
+           ) -> Iterator[MaskTask]:
+    """The images whose masks are not written yet: done means both PNGs (so a folder prepared
+    before SegmentationObject existed gets its instance maps)."""
+    gt_dir, objects_dir = out_root / "SegmentationClass", out_root / OBJECT_DIR
+    done = _entries(gt_dir) & _entries(objects_dir)
     for im in with_objects:
-        if f"{im['name']}.png" not in done:
+        file_name = f"{im['name']}.png"
+        if file_name not in done:
             yield MaskTask(im["name"], image_dir / im["file"], im["height"], im["width"],
-                           tuple(split.instances[im["id"]]), gt_dir / f"{im['name']}.png", split.path)
+                           tuple(split.instances[im["id"]]), gt_dir / file_name, objects_dir / file_name, split.path)
 
 
 def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = None, processes: int = 0,
@@ -331,8 +359,9 @@ def prepare_coco(coco_root: str | os.PathLike, out: str | os.PathLike | None = N
     root = resolve_coco_root(coco_root)
     out_root = Path(out) if out else root
     gt_dir, jpeg_dir = out_root / "SegmentationClass", out_root / "JPEGImages"
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.remove_stale_tmp(gt_dir)  # of a killed run
+    for folder in (gt_dir, out_root / OBJECT_DIR):
+        folder.mkdir(parents=True, exist_ok=True)
+        artifacts.remove_stale_tmp(folder)  # of a killed run
     artifacts.remove_stale_tmp(jpeg_dir)
     categories: list[tuple[int, str]] | None = None
     lists: dict[str, list[str]] = {}
@@ -379,8 +408,7 @@ def _prepare_split(split: SplitAnnotations, split_name: str, image_dir: Path, ou
                          out_root / "JPEGImages")
     for key, value in counts.items():
         links[key] += value
-    gt_dir = out_root / "SegmentationClass"
-    tasks = list(_tasks(split, with_objects, image_dir, gt_dir, _entries(gt_dir)))
+    tasks = list(_tasks(split, with_objects, image_dir, out_root))
     map_in_processes(write_mask, tasks, processes, f"prepare-coco {split_name} masks", progress, chunksize=16)
     lists[split_name] = [im["name"] for im in with_objects]
     lists[f"no_objects_{split_name}"] = [im["name"] for im in without]

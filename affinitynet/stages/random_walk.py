@@ -8,7 +8,10 @@ Writes ``pseudo_labels/<image>.png`` and evaluates them on the evaluation split.
 With ``method: irn``: IRN's semantic pseudo labels (``irn_labels`` section; IRN
 make_sem_seg_labels.py): the boundary map of IRN's network, the CAMs pooled onto the stride-4
 grid, walked on the boundary affinities (beta 10, 2^8 steps, radius 5, the sparse walk) and
-labelled against a background plane of 0.25.
+labelled against a background plane of 0.25; beside each label its boundary map
+(``boundary/<image>.png``) and, with ``irn_labels.instances``, its instance pseudo labels
+(``instances/<image>.json``, IRN make_ins_seg_labels.py), scored as mask AP at IoU 0.5 where
+the dataset has ``SegmentationObject``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from affinitynet.console import announce_sizes, print_diagnostics
 from affinitynet.data.images import save_label_png
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
 from affinitynet.diagnostics import confident_regions, walk_growth, walk_warnings
-from affinitynet.evaluation import evaluate_folder, names_with_gt
+from affinitynet.evaluation import evaluate_folder, evaluate_instances, instance_summary, names_with_gt
 from affinitynet.inference import IRNLabeler, load_trained, prepare, pseudo_label, walk_input
 from affinitynet.models import build_affinity_net, build_irn_net
 from affinitynet.per_image import check_image_size, for_each_image
@@ -45,7 +48,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     announce_sizes(cfg.dataset, voc, names, "random-walk", f"{walk} run at that size")
     decision = records.start(cfg, "random_walk")
     workers = getattr(cfg, section_of("random_walk", cfg.method)).num_workers
-    result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), [wd.pseudo_labels], one_image,
+    out_dirs = [wd.pseudo_labels]
+    if cfg.method == "irn":
+        out_dirs += [wd.boundary, wd.instances] if cfg.irn_labels.instances else [wd.boundary]
+    result = for_each_image(voc, names, lambda n: wd.png(wd.pseudo_labels, n), out_dirs, one_image,
                             num_workers=workers, desc="random-walk")
     result.update(records.outcome(decision, "random_walk", result["images"]))
     if distributed.current().is_main:
@@ -65,8 +71,13 @@ def irn_step(cfg: RunConfig, voc: VOCDataset, device: torch.device) -> ImageStep
     def one_image(name: str, native: np.ndarray, label: np.ndarray) -> None:
         image = WorkImage(native, cfg.dataset.long_side)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
-        pseudo = labeler.semantic_label(image.image, keys, image.maps(maps))
-        save_label_png(wd.png(wd.pseudo_labels, name), image.label_to_native(pseudo))
+        made = labeler.labels(image.image, keys, image.maps(maps), instances=cfg.irn_labels.instances)
+        artifacts.save_boundary(wd.png(wd.boundary, name), made.boundary)
+        if made.detections is not None:
+            found = made.detections
+            artifacts.save_instances(wd.instance_file(name), name, image.masks_to_native(found.masks),
+                                     found.classes, found.scores)
+        save_label_png(wd.png(wd.pseudo_labels, name), image.label_to_native(made.semantic))
 
     return one_image
 
@@ -97,6 +108,10 @@ def evaluate_pseudo_labels(cfg: RunConfig, voc: VOCDataset, names: list[str]) ->
     scored = names_with_gt(voc, cfg.dataset.eval_split)
     if scored:
         result.update(evaluate_folder(wd.pseudo_labels, voc, scored))
+    with_objects = [n for n in scored if voc.has_objects(n)]
+    if cfg.method == "irn" and cfg.irn_labels.instances and with_objects:
+        result["instances"] = evaluate_instances(wd.instances, voc, with_objects)
+        print(f"random-walk: {instance_summary(result['instances'])}")
     diag = walk_growth(wd.pseudo_labels, wd.cam_pred, names, voc.classes)
     confident = confident_regions(wd.aff_labels, names, voc.classes) if wd.aff_labels.is_dir() else None
     result.update(diagnostics=diag, warnings=walk_warnings(diag, confident, cfg.method))
