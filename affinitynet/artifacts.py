@@ -25,7 +25,10 @@ Layout of a work folder (``RunConfig.workdir``)::
 CAM file format (``.npz``, no pickles), version 1:
 ``version`` int (1), ``keys`` int64 (k,) class indices present in the image (ascending),
 ``maps`` float16 (k, H, W) normalised CAMs in [0, 1], ``image_size`` int64 (2,) = (H, W),
-``num_classes`` int (the dataset's object classes).
+``num_classes`` int (the dataset's object classes); with ``make_cam.fusion: irn`` (or IRN's
+imported CAMs) also ``strided`` float16 (k, ceil(h/4), ceil(w/4)) in [0, 1], IRN's stride-4
+``cam`` of the image at the run's working size (h, w) (= (H, W) at ``dataset.long_side`` 0);
+readers that do not know it ignore it.
 
 CRF score file format (``.npz``, no pickles), version 1, what AffinityNet trains on (the
 original keeps the same scores, float32, in one ``.npy`` dict per alpha):
@@ -347,19 +350,33 @@ def remove_stale_tmp(folder: str | Path) -> int:
 # ----------------------------------------------------------------------------------------------
 # CAM files
 # ----------------------------------------------------------------------------------------------
-def save_cam(path: str | Path, keys: np.ndarray, maps: np.ndarray, num_classes: int) -> None:
-    """Write CAMs: keys (k,) class indices, maps (k, H, W) in [0, 1]."""
+def save_cam(path: str | Path, keys: np.ndarray, maps: np.ndarray, num_classes: int,
+             strided: np.ndarray | None = None) -> None:
+    """Write CAMs: keys (k,) class indices, maps (k, H, W) in [0, 1]; ``strided`` (k, h, w) in
+    [0, 1], IRN's stride-4 CAMs, when the fusion made them."""
     keys = np.asarray(keys, dtype=np.int64)
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[0] != keys.shape[0]:
         raise ValueError(f"maps {maps.shape} do not match keys {keys.shape}")
-    write_bytes(path, npz_bytes({
+    arrays = {
         "version": np.int64(CAM_FORMAT_VERSION),
         "keys": keys,
         "maps": maps.astype(np.float16),
         "image_size": np.asarray(maps.shape[1:], dtype=np.int64),
         "num_classes": np.int64(num_classes),
-    }))
+    }
+    if strided is not None:
+        if np.ndim(strided) != 3 or len(strided) != len(keys):
+            raise ValueError(f"stride-4 maps {np.shape(strided)} do not match keys {keys.shape}")
+        arrays["strided"] = np.asarray(strided).astype(np.float16)
+    write_bytes(path, npz_bytes(arrays))
+
+
+def load_strided_cam(path: str | Path) -> np.ndarray | None:
+    """The stride-4 CAMs of a CAM file (k, ceil(H/4), ceil(W/4)) float32, or None when it has
+    none (``make_cam.fusion: psa``, imported CAMs); read after ``load_cam`` checked the file."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["strided"].astype(np.float32) if "strided" in z.files else None
 
 
 def npz_bytes(arrays: dict[str, Any]) -> bytes:
@@ -427,6 +444,7 @@ class ExchangedCams:
     keys: np.ndarray  # (k,) int64 object-class indices (0 = the first object class)
     maps: np.ndarray  # (k, h, w) float32, as stored
     stride: int = 0  # 0: at the image size; 4: IRN's stride-4 ``cam`` (the file has no ``high_res``)
+    strided: np.ndarray | None = None  # (k, h/4, w/4): IRN's stride-4 ``cam``, when the file has one
 
 
 def read_exchange_cams(path: str | Path, fmt: str, trust_pickle: bool = False) -> ExchangedCams:
@@ -506,9 +524,10 @@ def _irn_cams(content: dict) -> ExchangedCams:
     if "keys" not in content or not ({"high_res", "cam"} & set(content)):
         raise KeyError(f"it has {sorted(map(str, content))}; expected keys and high_res or cam")
     keys = _numpy(content["keys"]).astype(np.int64).reshape(-1)
+    strided = _float_maps(content["cam"]) if "cam" in content else None
     if "high_res" in content:
-        return ExchangedCams(keys, _float_maps(content["high_res"]))
-    return ExchangedCams(keys, _float_maps(content["cam"]), stride=4)
+        return ExchangedCams(keys, _float_maps(content["high_res"]), strided=strided)
+    return ExchangedCams(keys, strided, stride=4, strided=strided)
 
 
 def write_exchange_cams(path: str | Path, fmt: str, keys: np.ndarray, maps: np.ndarray,

@@ -214,6 +214,10 @@ class MakeCamConfig:
 
     scales: tuple[float, ...] = bounded((1.0, 0.5, 1.5, 2.0), 1e-3, 100.0)  # summed in this order
     flip: bool = True
+    # how the scales are fused: "psa" (PSA infer_cls.py: each map upsampled to the image, then
+    # summed) or "irn" (IRN make_cam.py: the flip added at the network's grid, the sum resized to
+    # the image and to the stride-4 grid, which the CAM file keeps for IRN's walk)
+    fusion: str = one_of("psa", ("psa", "irn"))
     bg_score: float = bounded(0.2, 0.0, 1.0)  # background score of the CAM prediction (PSA: 0.2)
     save_pred: bool = True
     sweep: bool = True  # background-threshold sweep on the eval split

@@ -29,16 +29,16 @@ from PIL import Image
 
 from affinitynet import artifacts, records
 from affinitynet.algorithms.boundary import semantic_pseudo_label
-from affinitynet.algorithms.cam import conform_cams, multiscale_cam, strided_cams, strided_size
+from affinitynet.algorithms.cam import conform_cams, irn_multiscale_cam, multiscale_cam, strided_cams, strided_size
 from affinitynet.algorithms.crf import (IRN_LABEL_KERNELS, confident_labels, crf_with_background, dense_crf,
                                        ir_label)
 from affinitynet.algorithms.instances import Detections, instance_pseudo_labels
 from affinitynet.algorithms.random_walk import propagate_cams
-from affinitynet.algorithms.resize import WorkImage
+from affinitynet.algorithms.resize import WorkImage, resize_maps
 from affinitynet.algorithms.segmentation import multiscale_probabilities, probabilities_to_label
 from affinitynet.config import (AffLabelsConfig, IRLabelsConfig, IRNLabelsConfig, MakeCamConfig, RandomWalkConfig, RunConfig,
                                 SegmentConfig)
-from affinitynet.conventions import STRIDE
+from affinitynet.conventions import IRN_STRIDE, STRIDE
 from affinitynet.data.images import to_rgb
 from affinitynet.data.transforms import normalize
 from affinitynet.data.voc import open_dataset
@@ -146,10 +146,36 @@ def batch_flip_on(device: torch.device) -> bool:
 def cams_of_image(classifier: Prepared, image: WorkImage, label: np.ndarray,
                   settings: MakeCamConfig) -> tuple[np.ndarray, np.ndarray]:
     """make-cam's CAMs of one image: ``settings.scales`` of its working size, with flips ->
-    (keys (k,), maps (k, H, W) in [0, 1] at the native size) for the classes of the 0/1 ``label``."""
+    (keys (k,), maps (k, H, W) in [0, 1] at the native size) for the classes of the 0/1 ``label``,
+    fused as ``settings.fusion`` says."""
+    if settings.fusion == "irn":
+        keys, _, maps = irn_cams_of_image(classifier, image, label, settings)
+        return keys, maps
     return multiscale_cam(classifier.cam, image.native, label, classifier.normalize,
                           scales=[s * image.factor for s in settings.scales], flip=settings.flip,
                           batch_flip=batch_flip_on(classifier.device), device=classifier.device)
+
+
+def irn_cams_of_image(classifier: Prepared, image: WorkImage, label: np.ndarray,
+                      settings: MakeCamConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """make-cam's CAMs of one image fused as IRN's make_cam.py does (``make_cam.fusion: irn``),
+    computed at the working size (h, w): (keys (k,), IRN's stride-4 ``cam`` (k, ceil(h/4),
+    ceil(w/4)) there, ``high_res`` (k, H, W) at the native size), in [0, 1]."""
+    keys, strided, high_res = irn_multiscale_cam(classifier.cam, image.image, label, classifier.normalize,
+                                                 scales=settings.scales, stride=IRN_STRIDE,
+                                                 cam_stride=classifier.net.feature_stride, flip=settings.flip,
+                                                 batch_flip=batch_flip_on(classifier.device),
+                                                 device=classifier.device)
+    return keys, strided, high_res if image.factor == 1 else resize_maps(high_res, image.native_size)
+
+
+def irn_walk_cams(image: WorkImage, maps: np.ndarray, strided: np.ndarray | None) -> np.ndarray:
+    """What IRN's walk of an image starts from, for ``IRNLabeler``: the stride-4 CAMs of its CAM
+    file (``make_cam.fusion: irn``, or IRN's imported) when they are on the stride-4 grid of the
+    working size, else the maps (k, H, W) at the working size (pooled onto that grid)."""
+    if strided is not None and tuple(strided.shape[1:]) == strided_size(image.size, IRN_STRIDE):
+        return strided
+    return image.maps(maps)
 
 
 # -- make-aff-labels ---------------------------------------------------------------------------
@@ -330,11 +356,14 @@ class PseudoLabeler:
 
     def cams(self, image: np.ndarray | Image.Image, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """make-cam's CAMs: (keys (k,) class indices, maps (k, H, W) in [0, 1])."""
+        work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
+        return cams_of_image(self._classifier(), work, self.label_vector(class_names), self.cfg.make_cam)
+
+    def _classifier(self) -> Prepared:
         if self.classifier is None:
             raise InputError(f"{self.cfg.workdir}: its CAMs were imported, so it has no classifier to make CAMs; "
                              "give them: pseudo_label(image, class_names, cams=maps)")
-        work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
-        return cams_of_image(self.classifier, work, self.label_vector(class_names), self.cfg.make_cam)
+        return self.classifier
 
     def pseudo_label(self, image: np.ndarray | Image.Image, class_names: Sequence[str],
                      cams: np.ndarray | None = None) -> np.ndarray:
@@ -342,9 +371,9 @@ class PseudoLabeler:
         image's CAMs from elsewhere instead of the classifier's, (k, H, W) one map per name of
         ``class_names`` in that order, at the image size; maps not in [0, 1] are normalised as
         ``import-cams`` does (``algorithms.cam.conform_cams``)."""
-        work, keys, maps = self._work_and_cams(image, class_names, cams)
+        work, keys, maps, strided = self._work_and_cams(image, class_names, cams)
         if self.irn is not None:
-            return work.label_to_native(self.irn.semantic_label(work.image, keys, work.maps(maps)))
+            return work.label_to_native(self.irn.semantic_label(work.image, keys, irn_walk_cams(work, maps, strided)))
         assert self.affinity_net is not None
         start = walk_input(self.affinity_net, work, maps, self.cfg.random_walk.radius)
         return pseudo_label(work, keys, start, self.cfg.random_walk)
@@ -357,17 +386,22 @@ class PseudoLabeler:
         if self.irn is None:
             raise InputError(f"{self.cfg.workdir}: instance pseudo labels come from IRN's displacement field; "
                              "this run's method is psa (run with method irn)")
-        work, keys, maps = self._work_and_cams(image, class_names, cams)
-        found = self.irn.instances(work.image, keys, work.maps(maps))
+        work, keys, maps, strided = self._work_and_cams(image, class_names, cams)
+        found = self.irn.instances(work.image, keys, irn_walk_cams(work, maps, strided))
         return Detections(work.masks_to_native(found.masks), found.classes, found.scores)
 
-    def _work_and_cams(self, image: np.ndarray | Image.Image, class_names: Sequence[str],
-                       cams: np.ndarray | None) -> tuple[WorkImage, np.ndarray, np.ndarray]:
-        """The image at the run's working size, and its CAMs (keys, maps at the native size)."""
+    def _work_and_cams(self, image: np.ndarray | Image.Image, class_names: Sequence[str], cams: np.ndarray | None
+                       ) -> tuple[WorkImage, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The image at the run's working size, and its CAMs: keys, maps at the native size and
+        (``make_cam.fusion: irn``) the stride-4 maps, as make-cam writes them."""
         work = WorkImage(to_rgb(image), self.cfg.dataset.long_side)
-        if cams is None:
-            return (work, *self.cams(image, class_names))
-        return (work, *self._given_cams(class_names, cams, work.native_size))
+        if cams is not None:
+            return (work, *self._given_cams(class_names, cams, work.native_size), None)
+        if self.cfg.make_cam.fusion == "irn":
+            keys, strided, maps = irn_cams_of_image(self._classifier(), work, self.label_vector(class_names),
+                                                    self.cfg.make_cam)
+            return work, keys, maps, strided
+        return (work, *self.cams(image, class_names), None)
 
     def _given_cams(self, class_names: Sequence[str], cams: np.ndarray,
                     size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -390,10 +424,6 @@ def load_pseudo_labeler(workdir: str | Path, device: str | torch.device = "cpu")
 
 
 # -- IRN's pseudo labels -----------------------------------------------------------------------
-#: the grid of IRN's boundary map, displacement field and walk (IRN: stride 4)
-IRN_STRIDE = 4
-
-
 class IRNLabeler:
     """IRN's inter-pixel relation network with IRN's settings (``IRNLabelsConfig``): the class
     boundaries and displacements of an image, and from them and the image's CAMs IRN's semantic

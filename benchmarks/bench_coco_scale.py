@@ -164,7 +164,8 @@ def star_polygon(rng: np.random.Generator) -> list[float]:
 
 
 def coco_size_outputs(folder: Path, count: int, seed: int = 1) -> dict[str, float]:
-    """Per-image ms of a ground-truth mask at COCO size (header read, 7 instances, PNG) and the
+    """Per-image ms of the ground-truth masks at COCO size (header read, 7 instances, class and
+    instance PNGs) and the
     mean bytes on disk of every per-image output kind."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,12 +173,15 @@ def coco_size_outputs(folder: Path, count: int, seed: int = 1) -> dict[str, floa
     image.write_bytes(_jpeg(*COCO_SIZE, seed=seed))
     tasks = [MaskTask(f"gt_{i}", image, *COCO_SIZE,
                       tuple(Instance(7 * i + k, int(rng.integers(1, 81)), False, [star_polygon(rng)]) for k in range(7)),
-                      folder / f"gt_{i}.png", folder / "instances.json") for i in range(count)]
+                      folder / f"gt_{i}.png", folder / f"objects_{i}.png", folder / "instances.json")
+             for i in range(count)]
     t0 = time.perf_counter()
     for task in tasks:
         write_mask(task)
     mask_ms = 1000 * (time.perf_counter() - t0) / count
-    sizes: dict[str, list[int]] = {"gt": [disk_bytes(t.out) for t in tasks], "cam": [], "label": [], "confident": []}
+    sizes: dict[str, list[int]] = {"gt": [disk_bytes(t.out) for t in tasks],
+                                   "objects": [disk_bytes(t.objects_out) for t in tasks],
+                                   "cam": [], "label": [], "confident": []}
     for i in range(count):
         cams = synthetic_cams(rng)
         keys = np.sort(rng.choice(NUM_CATEGORIES, 3, replace=False))
@@ -369,7 +373,8 @@ def _report(args: argparse.Namespace, base: Path) -> int:
           f"{per_first * COCO_IMAGES / 60:.1f} min |")
     print(f"| rerun, everything done (parse, check links, skip masks) | {t_again:.1f} s | {1000 * per_again:.2f} ms | "
           f"{per_again * COCO_IMAGES / 60:.1f} min |")
-    print(f"| one mask at COCO size (640x480, 7 polygons of 16-32 points: header, rasterise, PNG) | "
+    print(f"| one image's masks at COCO size (640x480, 7 polygons of 16-32 points: header, rasterise, class and "
+          "instance PNGs) | "
           f"{big['mask_ms'] * args.coco_size_samples / 1000:.1f} s / {args.coco_size_samples} | "
           f"{big['mask_ms']:.1f} ms | {big['mask_ms'] * COCO_IMAGES / 1000 / 60:.1f} min (1 process) |")
 
@@ -378,6 +383,7 @@ def _report(args: argparse.Namespace, base: Path) -> int:
     crf_coco = crf_score_bytes(work / "crf", COCO_SIZE, 3, args.crf_samples)
     rows = [("JPEGImages/ symlink (prepare-coco)", disk_bytes(link), COCO_IMAGES),
             ("SegmentationClass/ ground truth (prepare-coco)", big["gt"], COCO_IMAGES),
+            ("SegmentationObject/ instances (prepare-coco)", big["objects"], COCO_IMAGES),
             ("cam/*.npz (make-cam)", big["cam"], COCO_IMAGES),
             ("cam_pred/*.png (make-cam)", big["label"], COCO_IMAGES),
             ("crf/*.npz (make-aff-labels: CRF scores of both alphas, float16)", crf_coco, COCO_IMAGES),

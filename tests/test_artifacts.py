@@ -94,3 +94,16 @@ def test_boundary_maps_round_trip_as_8_bit_png(tmp_path):
         artifacts.load_boundary(tmp_path / "rgb.png")
     with pytest.raises(InputError, match="unreadable boundary map"):
         artifacts.load_boundary(tmp_path / "missing.png")
+
+
+def test_cam_files_keep_irns_stride4_maps_only_when_given(tmp_path):
+    keys, maps = np.array([1, 4]), np.random.default_rng(0).random((2, 9, 14)).astype(np.float32)
+    artifacts.save_cam(tmp_path / "a.npz", keys, maps, 5)
+    assert artifacts.load_strided_cam(tmp_path / "a.npz") is None
+    strided = maps[:, ::4, ::4]
+    artifacts.save_cam(tmp_path / "b.npz", keys, maps, 5, strided)
+    assert np.abs(artifacts.load_strided_cam(tmp_path / "b.npz") - strided).max() < 1e-3
+    got_keys, got_maps = artifacts.load_cam(tmp_path / "b.npz", (9, 14), 5)  # readers of maps see no change
+    assert got_keys.tolist() == [1, 4] and np.abs(got_maps - maps).max() < 1e-3
+    with pytest.raises(ValueError, match="stride-4 maps"):
+        artifacts.save_cam(tmp_path / "c.npz", keys, maps, 5, strided[:1])

@@ -157,9 +157,11 @@ def test_bench_coco_scale_quick(capsys):
     out = capsys.readouterr().out
     assert "Machine:" in out
     prep = table_rows(out, "| step | total |")
-    assert [r[0].split(" (")[0] for r in prep] == ["first run", "rerun, everything done", "one mask at COCO size"]
+    assert [r[0].split(" (")[0] for r in prep] == ["first run", "rerun, everything done",
+                                                      "one image's masks at COCO size"]
     disk = {r[0]: r for r in table_rows(out, "| output |")}
     assert float(disk["cam/*.npz (make-cam)"][1].split()[0]) > 0  # KiB per image
+    assert float(disk["SegmentationObject/ instances (prepare-coco)"][1].split()[0]) > 0
     assert float(disk["crf/*.npz (make-aff-labels: CRF scores of both alphas, float16)"][1].split()[0]) > 0
     assert "**all per-image outputs**" in disk
     crf = table_rows(out, "| classes in the image |")

@@ -200,3 +200,15 @@ def test_choices_agree_with_what_they_name():
     assert set(C.SEGMENTATION_MODEL_NAMES) == set(SEGMENTATION_MODELS)
     assert set(C.SYNTHETIC_FAMILIES) == set(families())
     assert set(C.EXPORT_FORMATS) == set(export.EXPORTERS)
+
+
+def test_irn_recipe_is_irns_run_sample():
+    """configs/irn_voc_resnet50.yaml: IRN's pipeline with IRN's defaults (run_sample.py)."""
+    cfg = C.load_config(C.RunConfig, "irn_voc_resnet50")
+    assert cfg.method == "irn" and cfg.make_cam.fusion == "irn" and cfg.train_cam.backbone == "resnet50"
+    assert cfg.make_cam.scales == (1.0, 0.5, 1.5, 2.0) and cfg.make_cam.flip and cfg.dataset.long_side == 0
+    assert cfg.make_cam.bg_score == 0.15  # IRN's cam_eval_thres
+    assert cfg.train_irn.weights == cfg.train_cam.weights and cfg.backbone_of(cfg.train_irn) == "resnet50"
+    assert (cfg.ir_labels.fg_threshold, cfg.ir_labels.bg_threshold) == (0.30, 0.05)
+    assert (cfg.irn_labels.beta, cfg.irn_labels.exp_times, cfg.irn_labels.sem_seg_bg_thres) == (10.0, 8, 0.25)
+    assert (cfg.train_irn.crop, cfg.train_irn.epochs, cfg.train_irn.batch_size) == (512, 3, 32)

@@ -270,3 +270,19 @@ def test_a_malicious_pickle_is_never_run_without_the_flag(made, fmt, tmp_path, c
     assert import_cams(made, tmp_path / "w", source, fmt) == 2
     assert not marker.exists()
     shutil.rmtree(tmp_path / "w", ignore_errors=True)
+
+
+def test_irn_files_keep_their_stride4_cam_for_irns_walk(made, tmp_path):
+    """IRN's own stride-4 ``cam`` (here not the pooled ``high_res``) is kept in the CAM file,
+    where method irn's walk starts from it; a ``cam`` off the image's stride-4 grid is not."""
+    _write_all(made, tmp_path / "irn", "irn")
+    assert import_cams(made, tmp_path / "w", tmp_path / "irn", "irn", "--trust-pickle") == 0
+    for n in made["names"][:3]:
+        keys, maps = _truth_cams(made["voc"], n)
+        kept = artifacts.load_strided_cam(WorkDir(tmp_path / "w").cam_file(n))
+        assert kept.shape == (len(keys), (maps.shape[1] + 3) // 4, (maps.shape[2] + 3) // 4)
+        assert np.abs(kept - maps[:, ::4, ::4]).max() < 1e-3
+    _write_all(made, tmp_path / "off", "irn", lambda n, keys, maps: {"keys": keys, "cam": maps[:, ::8, ::8],
+                                                                     "high_res": maps})
+    assert import_cams(made, tmp_path / "w2", tmp_path / "off", "irn", "--trust-pickle") == 0
+    assert artifacts.load_strided_cam(WorkDir(tmp_path / "w2").cam_file(made["names"][0])) is None

@@ -358,3 +358,34 @@ def test_switching_the_method_redoes_stages_2b_to_5_only(first, folder, capsys):
     assert [status[s] for s in STAGES[:2]] == ["up to date"] * 2
     assert all(status[s].startswith("redone") for s in STAGES[2:]), status
     assert len(list(wd.crf.glob("*.npz"))) == 12 and "method" not in records.read(wd, "train_aff").settings
+
+
+def test_irn_fusion_keeps_the_stride4_cams_the_walk_starts_from(first, folder, capsys):
+    """``make_cam.fusion: irn``: make-cam fuses as IRN's make_cam.py and keeps IRN's stride-4
+    maps (at the working size) in the CAM files; IRN's walk, the pseudo labeler and
+    export-labels start from them."""
+    from affinitynet.algorithms.cam import strided_size
+    from affinitynet.api import load_pseudo_labeler
+    from affinitynet.inference import irn_cams_of_image
+
+    wd, cfg_file = folder
+    sets = [a for s in [*IRN_SETS, "make_cam.fusion=irn"] for a in ("--set", s)]
+    status = run(capsys, "run", "--config", str(cfg_file), *sets)
+    assert status["train_cam"] == "up to date" and status["make_cam"].startswith("redone: make_cam.fusion psa → irn")
+    voc = VOCDataset(first["data"])
+    name = voc.split("val")[0]
+    work = WorkImage(voc.load_image(name), 256)
+    keys, maps = artifacts.load_cam(wd.cam_file(name), work.native_size, voc.num_classes)
+    strided = artifacts.load_strided_cam(wd.cam_file(name))
+    assert strided.shape == (len(keys), *strided_size(work.size, 4))
+    pseudo = load_pseudo_labeler(wd.root)
+    again = irn_cams_of_image(pseudo.classifier, work, voc.image_labels(name), pseudo.cfg.make_cam)
+    assert np.array_equal(again[0], keys)
+    assert np.abs(again[1] - strided).max() < 1e-3 and np.abs(again[2] - maps).max() < 1e-3
+    # the stage's label is the pseudo labeler's, which walks from the stride-4 maps (the stage
+    # from their float16 copy in the CAM file)
+    agree = np.mean(pseudo.pseudo_label(voc.load_image(name), voc.label_names(name))
+                    == load_label_png(wd.png(wd.pseudo_labels, name)))
+    assert agree > 0.999, agree
+    # a PSA-fused folder has none
+    assert artifacts.load_strided_cam(first["work"] / "cam" / f"{name}.npz") is None

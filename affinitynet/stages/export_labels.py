@@ -22,14 +22,14 @@ from typing import Any
 from tqdm import tqdm
 
 from affinitynet import artifacts, records
-from affinitynet.algorithms.cam import strided_cams
+from affinitynet.algorithms.cam import strided_cams, strided_size
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import ExportLabelsConfig
+from affinitynet.conventions import IRN_STRIDE
 from affinitynet.data.images import load_label_png, save_label_png
 from affinitynet.errors import InputError
 from affinitynet.stage_table import STAGE_BY_NAME
 
-IRN_STRIDE = 4  # the grid of IRN's ``cam`` entry (IRN make_cam.py)
 
 
 def run(cfg: ExportLabelsConfig) -> dict[str, Any]:
@@ -70,7 +70,11 @@ def _export_cams(wd: WorkDir, folder: Path, fmt: str) -> int:
     suffix = artifacts.EXCHANGE_SUFFIX[fmt]
     for path in tqdm(files, desc="export-cams", unit="img", leave=False):
         keys, maps = artifacts.load_cam(path)
-        strided = strided_cams(maps, IRN_STRIDE) if fmt == "irn" else None
+        strided = None
+        if fmt == "irn":  # the stride-4 maps make-cam kept (fusion irn) if on the image's grid, else pooled
+            strided = artifacts.load_strided_cam(path)
+            if strided is None or strided.shape[1:] != strided_size(maps.shape[1:], IRN_STRIDE):
+                strided = strided_cams(maps, IRN_STRIDE)
         artifacts.write_exchange_cams(folder / f"{path.stem}{suffix}", fmt, keys, maps, strided)
     return len(files)
 

@@ -12,7 +12,9 @@ redo every stage after make-cam.
 Checks, per file: every class of the image label has a map (else an error); maps of classes not
 in the label are dropped (counted, and said once); maps are at the image size (IRN's stride-4
 ``cam`` without ``high_res`` is upsampled); values are finite; maps not in [0, 1] are normalised
-the way PSA normalises its CAMs (counted, and said once).
+the way PSA normalises its CAMs (counted, and said once). IRN's stride-4 ``cam``, when it is
+on the image's stride-4 grid with values in [0, 1], is kept beside the maps, so ``method: irn``
+walks from it as IRN does.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from affinitynet import artifacts, records
-from affinitynet.algorithms.cam import conform_cams
+from affinitynet.algorithms.cam import conform_cams, strided_cams, strided_size
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import ImportCamsConfig, RunConfig
+from affinitynet.conventions import IRN_STRIDE
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
 from affinitynet.errors import InputError
 
@@ -54,8 +57,8 @@ def run(cfg: RunConfig, spec: ImportCamsConfig) -> dict[str, Any]:
     staging.mkdir(parents=True)
     counts = {"images": len(names), "dropped_maps": 0, "normalised": 0, "upsampled": 0}
     for name in tqdm(names, desc="import-cams", unit="img", leave=False):
-        keys, maps = import_one(voc, name, source / f"{name}{suffix}", spec, counts)
-        artifacts.save_cam(staging / f"{name}.npz", keys, maps, voc.num_classes)
+        keys, maps, strided = import_one(voc, name, source / f"{name}{suffix}", spec, counts)
+        artifacts.save_cam(staging / f"{name}.npz", keys, maps, voc.num_classes, strided)
     given = f"imported {spec.format} CAMs from {source.resolve()}, digest {_digest(staging, names)}"
     decision = records.imported(cfg, "make_cam", given, lambda: os.replace(staging, wd.cam),
                                 same_outputs=_same_files(staging, wd.cam, names))
@@ -67,9 +70,10 @@ def run(cfg: RunConfig, spec: ImportCamsConfig) -> dict[str, Any]:
 
 
 def import_one(voc: VOCDataset, name: str, path: Path, spec: ImportCamsConfig,
-               counts: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+               counts: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One image's CAMs from ``path``, checked against its label and size: (keys (k,), maps
-    (k, H, W) in [0, 1]) for the classes of its label; updates ``counts``."""
+    (k, H, W) in [0, 1], IRN's stride-4 maps (k, ceil(H/4), ceil(W/4)) when the file has them in
+    [0, 1] on that grid, else None) for the classes of its label; updates ``counts``."""
     cams = artifacts.read_exchange_cams(path, spec.format, spec.trust_pickle)
     label = np.flatnonzero(voc.image_labels(name))
     if label.size == 0:
@@ -91,7 +95,17 @@ def import_one(voc: VOCDataset, name: str, path: Path, spec: ImportCamsConfig,
     counts["normalised"] += conformed.normalised
     counts["upsampled"] += conformed.upsampled
     order = np.argsort(cams.keys[keep])
-    return cams.keys[keep][order], conformed.maps[order]
+    strided = None
+    if cams.strided is not None and cams.strided.ndim == 3 and len(cams.strided) == len(cams.keys):
+        grid = strided_size(voc.image_size(name), IRN_STRIDE)
+        kept = cams.strided[keep][order]
+        maps = conformed.maps[order]
+        # IRN's own stride-4 maps, as IRN's walk starts from them; not when they are just the
+        # maps pooled (what the walk does without them, e.g. our own CAMs exported as irn)
+        if kept.shape[1:] == grid and kept.min() >= 0 and kept.max() <= 1 and not np.allclose(
+                kept, strided_cams(maps, IRN_STRIDE), rtol=0, atol=1e-3):
+            strided = kept
+    return cams.keys[keep][order], conformed.maps[order], strided
 
 
 def _digest(folder: Path, names: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""Stage 2a: multi-scale + flip CAMs of every image (paper Sec. 3.1; PSA infer_cls.py).
+"""Stage 2a: multi-scale + flip CAMs of every image (paper Sec. 3.1; PSA infer_cls.py, or with
+``make_cam.fusion: irn`` IRN make_cam.py, which also keeps the stride-4 maps IRN's walk starts from).
 
 Writes ``cam/<image>.npz`` (format in artifacts.py) and, optionally, the CAM prediction with a
 constant background score as ``cam_pred/<image>.png``; then evaluates the prediction on the
@@ -22,7 +23,7 @@ from affinitynet.data.voc import VOCDataset, inference_names, open_dataset, size
 from affinitynet.diagnostics import MOSTLY, cam_coverage, cam_warnings, scale_hint, sweep_summary
 from affinitynet.errors import InputError
 from affinitynet.evaluation import cam_threshold_sweep, evaluate_folder, names_with_gt
-from affinitynet.inference import cams_of_image, load_trained, prepare
+from affinitynet.inference import cams_of_image, irn_cams_of_image, load_trained, prepare
 from affinitynet.models import build_classifier
 from affinitynet.per_image import for_each_image, todo
 
@@ -48,11 +49,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if label.sum() == 0:
             raise InputError(f"{voc.image_path(name)}: image '{name}' has no class label, so it has no "
                              "CAM to infer (label it or remove it from the inference splits)")
-        keys, maps = cams_of_image(classifier, WorkImage(image, cfg.dataset.long_side), label, mc)
+        work, strided = WorkImage(image, cfg.dataset.long_side), None
+        if mc.fusion == "irn":
+            keys, strided, maps = irn_cams_of_image(classifier, work, label, mc)
+        else:
+            keys, maps = cams_of_image(classifier, work, label, mc)
         if mc.save_pred:
             save_label_png(wd.png(wd.cam_pred, name), cam_prediction(keys, maps, mc.bg_score, image.shape[:2]))
         # the CAM file is written last: its presence marks the image as done
-        artifacts.save_cam(wd.cam_file(name), keys, maps, voc.num_classes)
+        artifacts.save_cam(wd.cam_file(name), keys, maps, voc.num_classes, strided)
 
     announce_sizes(cfg.dataset, voc, names, "make-cam", f"CAMs at scales {', '.join(map(str, mc.scales))} of that size")
     result = for_each_image(voc, names, wd.cam_file, [wd.cam, wd.cam_pred], one_image,

@@ -6,12 +6,13 @@ the stride-8 CAMs with background (1 - max)^alpha, bilinear upsampling, argmax, 
 Writes ``pseudo_labels/<image>.png`` and evaluates them on the evaluation split.
 
 With ``method: irn``: IRN's semantic pseudo labels (``irn_labels`` section; IRN
-make_sem_seg_labels.py): the boundary map of IRN's network, the CAMs pooled onto the stride-4
-grid, walked on the boundary affinities (beta 10, 2^8 steps, radius 5, the sparse walk) and
-labelled against a background plane of 0.25; beside each label its boundary map
-(``boundary/<image>.png``) and, with ``irn_labels.instances``, its instance pseudo labels
-(``instances/<image>.json``, IRN make_ins_seg_labels.py), scored as mask AP at IoU 0.5 where
-the dataset has ``SegmentationObject``.
+make_sem_seg_labels.py): the boundary map of IRN's network, the CAMs on the stride-4 grid
+(make-cam's stride-4 maps with ``make_cam.fusion: irn``, else the CAMs pooled), walked on the
+boundary affinities (beta 10, 2^8 steps, radius 5, the sparse walk) and labelled against a
+background plane of 0.25; beside each label its boundary map (``boundary/<image>.png``) and,
+with ``irn_labels.instances``, its instance pseudo labels (``instances/<image>.json``, IRN
+make_ins_seg_labels.py), scored as mask AP at IoU 0.5 where the dataset has
+``SegmentationObject``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from affinitynet.data.images import save_label_png
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset
 from affinitynet.diagnostics import confident_regions, walk_growth, walk_warnings
 from affinitynet.evaluation import evaluate_folder, evaluate_instances, instance_summary, names_with_gt
-from affinitynet.inference import IRNLabeler, load_trained, prepare, pseudo_label, walk_input
+from affinitynet.inference import IRNLabeler, irn_walk_cams, load_trained, prepare, pseudo_label, walk_input
 from affinitynet.models import build_affinity_net, build_irn_net
 from affinitynet.per_image import check_image_size, for_each_image
 from affinitynet.stage_table import section_of
@@ -71,7 +72,8 @@ def irn_step(cfg: RunConfig, voc: VOCDataset, device: torch.device) -> ImageStep
     def one_image(name: str, native: np.ndarray, label: np.ndarray) -> None:
         image = WorkImage(native, cfg.dataset.long_side)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
-        made = labeler.labels(image.image, keys, image.maps(maps), instances=cfg.irn_labels.instances)
+        cams = irn_walk_cams(image, maps, artifacts.load_strided_cam(wd.cam_file(name)))
+        made = labeler.labels(image.image, keys, cams, instances=cfg.irn_labels.instances)
         artifacts.save_boundary(wd.png(wd.boundary, name), made.boundary)
         if made.detections is not None:
             found = made.detections

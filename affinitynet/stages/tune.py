@@ -28,6 +28,7 @@ import json
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,12 +45,12 @@ from affinitynet.algorithms.random_walk import propagate_cams_settings
 from affinitynet.algorithms.resize import WorkImage
 from affinitynet.artifacts import WorkDir
 from affinitynet.config import RunConfig, TuneConfig
-from affinitynet.conventions import IGNORE_INDEX
+from affinitynet.conventions import IGNORE_INDEX, IRN_STRIDE
 from affinitynet.data.voc import open_dataset
 from affinitynet.errors import InputError
 from affinitynet.evaluation import names_with_gt
-from affinitynet.inference import (IRN_STRIDE, IRNLabeler, WalkInput, confident_label_map, crf_score, load_trained,
-                                   prepare, torch_threads, walk_input)
+from affinitynet.inference import (IRNLabeler, WalkInput, confident_label_map, crf_score, load_trained,
+                                   irn_walk_cams, prepare, torch_threads, walk_input)
 from affinitynet.models import build_affinity_net, build_irn_net
 from affinitynet.stage_table import TUNE
 
@@ -254,27 +255,30 @@ def _load_cases(cfg: RunConfig, names: list[str], device: torch.device) -> list[
     for name in tqdm(names, desc="tune: affinities", leave=False, dynamic_ncols=True):
         image = WorkImage(voc.load_image(name), cfg.dataset.long_side)
         keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
-        cases.append(Case(keys, maps, voc.load_gt(name), image, start(image, maps)))
+        cases.append(Case(keys, maps, voc.load_gt(name), image, start(image, maps, wd.cam_file(name))))
     return cases
 
 
-def _psa_start(cfg: RunConfig, device: torch.device) -> Callable[[WorkImage, np.ndarray], WalkInput]:
-    """The walk's start of an image (its CAMs at the native size): AffinityNet's affinities."""
+def _psa_start(cfg: RunConfig, device: torch.device) -> Callable[[WorkImage, np.ndarray, Path], WalkInput]:
+    """The walk's start of an image (its CAMs at the native size, its CAM file): AffinityNet's
+    affinities."""
     net = load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)), WorkDir(cfg.workdir).affinity.final,
                        "AffinityNet")
     affinity_net = prepare(net, device)
-    return lambda image, maps: walk_input(affinity_net, image, maps, cfg.random_walk.radius)
+    return lambda image, maps, cam_file: walk_input(affinity_net, image, maps, cfg.random_walk.radius)
 
 
-def _irn_start(cfg: RunConfig, device: torch.device) -> Callable[[WorkImage, np.ndarray], IRNWalk]:
-    """IRN's walk's start of an image (its CAMs at the native size): the boundary map."""
+def _irn_start(cfg: RunConfig, device: torch.device) -> Callable[[WorkImage, np.ndarray, Path], IRNWalk]:
+    """IRN's walk's start of an image (its CAMs at the native size, its CAM file): the stride-4
+    CAMs and the boundary map."""
     net = load_trained(build_irn_net(cfg.backbone_of(cfg.train_irn)), WorkDir(cfg.workdir).affinity.final,
                        "IRN's network")
     labeler = IRNLabeler(prepare(net, device), cfg.irn_labels)
 
-    def start(image: WorkImage, maps: np.ndarray) -> IRNWalk:
+    def start(image: WorkImage, maps: np.ndarray, cam_file: Path) -> IRNWalk:
         boundary, _ = labeler.boundary(image.image)
-        return IRNWalk(labeler.grid_cams(image.maps(maps), image.size), boundary)
+        cams = irn_walk_cams(image, maps, artifacts.load_strided_cam(cam_file))
+        return IRNWalk(labeler.grid_cams(cams, image.size), boundary)
 
     return start
 
