@@ -13,6 +13,7 @@ The distributed parts run this file as a script under ``python -m torch.distribu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -117,16 +118,17 @@ def _worker(argv: list[str]) -> None:
         for sub, frozen in (("frozen", True), ("trained", False)):
             _fit_worker(out / sub, frozen)
     elif mode == "infer":
-        # what ``affinitynet make-cam/make-aff-labels/random-walk/segment --config X`` runs,
-        # keeping the results; 2 CRF processes per rank (the reference uses 1)
+        # what ``affinitynet make-cam/make-aff-labels/random-walk/segment --config X`` runs (or
+        # the stages named after the folder), keeping the results; 2 CRF processes per rank (the
+        # reference uses 1)
         from affinitynet import config as C
         from affinitynet import distributed
         from affinitynet.stages import make_aff_labels, make_cam, random_walk, segment
 
-        cfg = C.load_config(C.RunConfig, argv[1], ["aff_labels.processes=2"])
+        cfg = C.load_config(C.RunConfig, argv[1], ["aff_labels.processes=2", "ir_labels.processes=2"])
         d, _ = distributed.setup(cfg.device)
-        results = {"make_cam": make_cam.run(cfg), "aff_labels": make_aff_labels.run(cfg),
-                   "random_walk": random_walk.run(cfg), "segment": segment.run(cfg)}
+        stages = {"make_cam": make_cam, "aff_labels": make_aff_labels, "random_walk": random_walk, "segment": segment}
+        results = {name: stage.run(cfg) for name, stage in stages.items() if name in argv[3:] or len(argv) == 3}
         Path(argv[2], f"results{d.rank}.json").write_text(json.dumps(results, default=str))
     else:
         raise SystemExit(f"unknown mode {mode}")
@@ -279,6 +281,57 @@ def test_sharded_inference_matches_single_process(trained_workdir):
             assert k in ref[stage] and got[stage][k] == json.loads(json.dumps(ref[stage][k], default=str)), (stage, k)
             assert k not in other[stage]
     assert sum(json.loads((base / f"results{r}.json").read_text())["make_cam"]["images"] for r in (0, 1)) == 11
+
+
+#: method irn at its smallest, with IRN's CAM fusion (the stride-4 maps in the CAM files)
+IRN_SETS = ["method=irn", "make_cam.fusion=irn", "ir_labels.processes=1", "ir_labels.crf_iterations=2",
+            "train_irn.epochs=1", "train_irn.batch_size=2", "train_irn.crop=96", "train_irn.num_workers=0",
+            "irn_labels.exp_times=3", "irn_labels.crop=160", "irn_labels.num_workers=0"]
+
+
+def test_irn_sharded_inference_matches_single_process(trained_workdir, tmp_path):
+    """``method: irn`` under torchrun: make-cam (IRN's fusion), IRN's confident labels and its
+    walk (labels, boundary maps, instance files) write on 2 ranks what one process writes, and
+    rank 0 alone scores the pseudo labels and the instances, as the single process does."""
+    from affinitynet import config as C
+    from affinitynet.stages import make_aff_labels, make_cam, random_walk, train_aff
+
+    base, _, _ = trained_workdir
+    ref, dist = tmp_path / "ref", tmp_path / "ddp"
+    for folder in (ref, dist):
+        (folder / "classifier").mkdir(parents=True)
+        shutil.copy(TrainingFolder(base / "ref" / "classifier").final, TrainingFolder(folder / "classifier").final)
+    cfg = C.load_config(C.RunConfig, base / "config.yaml", [*IRN_SETS, f"workdir={ref}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_results = {"make_cam": make_cam.run(cfg), "aff_labels": make_aff_labels.run(cfg)}
+        train_aff.run(cfg)
+        ref_results["random_walk"] = random_walk.run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    (dist / "affinity").mkdir()
+    shutil.copy(TrainingFolder(ref / "affinity").final, TrainingFolder(dist / "affinity").final)
+    config = tmp_path / "irn_ddp.yaml"
+    config.write_text(C.dump_yaml(dataclasses.replace(cfg, workdir=str(dist))))
+    torchrun(2, "infer", str(config), str(tmp_path), "make_cam", "aff_labels", "random_walk")
+
+    for folder in ("cam", "aff_labels", "pseudo_labels", "boundary", "instances"):
+        names = sorted(p.name for p in (ref / folder).iterdir())
+        assert len(names) == 11 and sorted(p.name for p in (dist / folder).iterdir()) == names, folder
+        for name in names:
+            a, b = ref / folder / name, dist / folder / name
+            if folder == "cam":
+                ra, rb = _cam_arrays(a), _cam_arrays(b)
+                assert set(ra) == set(rb) and "strided" in ra
+                assert all(np.array_equal(ra[k], rb[k]) for k in ra), b
+            else:
+                assert a.read_bytes() == b.read_bytes(), b
+    got, other = (json.loads((tmp_path / f"results{r}.json").read_text()) for r in (0, 1))
+    want = json.loads(json.dumps(ref_results["random_walk"], default=str))
+    assert want["instances"]["num_images"] == 5 and got["random_walk"]["instances"] == want["instances"]
+    assert got["random_walk"]["miou"] == want["miou"]
+    assert "instances" not in other["random_walk"] and "miou" not in other["random_walk"]
 
 
 # the reduced demo of docs/DISTRIBUTED.md: its data, and the largest mIoU difference (points)
