@@ -373,10 +373,8 @@ def save_cam(path: str | Path, keys: np.ndarray, maps: np.ndarray, num_classes: 
 
 
 def load_strided_cam(path: str | Path) -> np.ndarray | None:
-    """The stride-4 CAMs of a CAM file (k, ceil(H/4), ceil(W/4)) float32, or None when it has
-    none (``make_cam.fusion: psa``, imported CAMs); read after ``load_cam`` checked the file."""
-    with np.load(path, allow_pickle=False) as z:
-        return z["strided"].astype(np.float32) if "strided" in z.files else None
+    """The stride-4 CAMs of a CAM file (k, h, w) float32, or None when it has none."""
+    return load_cam_and_strided(path)[2]
 
 
 def npz_bytes(arrays: dict[str, Any]) -> bytes:
@@ -400,6 +398,15 @@ def load_cam(
     Raises InputError naming the file when it is unreadable, of another version, or made for
     another image size or class count (e.g. a CAM folder from another dataset).
     """
+    keys, maps, _ = load_cam_and_strided(path, image_size, num_classes)
+    return keys, maps
+
+
+def load_cam_and_strided(
+    path: str | Path, image_size: tuple[int, int] | None = None, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``load_cam`` and, from the same read, the file's stride-4 maps (float32 (k, h, w)) or
+    None when it has none (``make_cam.fusion: psa``, CAMs imported without IRN's ``cam``)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: CAM file does not exist (run make-cam first)")
@@ -412,6 +419,7 @@ def load_cam(
             maps = z["maps"].astype(np.float32)
             size = tuple(int(v) for v in z["image_size"])
             ncls = int(z["num_classes"])
+            strided = z["strided"].astype(np.float32) if "strided" in z.files else None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise InputError(f"{path}: not a readable CAM file ({exc})") from None
     if version != CAM_FORMAT_VERSION:
@@ -425,7 +433,7 @@ def load_cam(
         raise InputError(f"{path}: CAM made for {ncls} classes, but the dataset has {num_classes}")
     if keys.size and (keys.min() < 0 or keys.max() >= ncls):
         raise InputError(f"{path}: CAM class indices {keys.tolist()} outside 0..{ncls - 1}")
-    return keys, maps
+    return keys, maps, strided
 
 
 # ----------------------------------------------------------------------------------------------

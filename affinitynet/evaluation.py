@@ -172,10 +172,11 @@ def format_table(scores: dict[str, Any]) -> str:
 
 def instance_summary(scores: dict[str, Any]) -> str:
     """One line on instance pseudo labels (``evaluate_instances``' result)."""
-    return (f"instance pseudo labels: mask mAP@{scores.get('iou_threshold', 0.5):g} {_percent(scores.get('map'))} "
+    return (f"instance pseudo labels: mask mAP@{scores.get('iou_threshold', 0.5):g} {percent(scores.get('map'))} "
             f"({scores.get('num_detections')} detections, {scores.get('num_instances')} ground-truth instances "
             f"in {scores.get('num_images')} images)")
 
 
-def _percent(v: Any) -> str:
+def percent(v: Any) -> str:
+    """A score in percent with one decimal; '-' for none or NaN."""
     return "-" if v is None or v != v else f"{v:.1f}"

@@ -24,7 +24,7 @@ from affinitynet import artifacts, config as C, distributed, records
 from affinitynet.artifacts import WorkDir
 from affinitynet.console import print_run_warnings
 from affinitynet.data.voc import VOCDataset, inference_names, open_dataset, size_profile
-from affinitynet.evaluation import evaluate_folder, instance_summary
+from affinitynet.evaluation import evaluate_folder, instance_summary, percent
 from affinitynet.stage_table import NOT_METRICS, STAGE_BY_NAME, STAGE_TABLE, StageInfo
 from affinitynet.stages import (make_aff_labels, make_cam, predict, random_walk, segment, synth, train_aff,
                                 train_cam, train_seg)
@@ -204,14 +204,11 @@ def comparison_table(metrics: dict[str, Any]) -> str:
     lines = [f"| class ({split}) | " + " | ".join(title for title, _ in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for c in classes:
-        lines.append(f"| {c} | " + " | ".join(_fmt(m.get("per_class", {}).get(c)) for _, m in columns) + " |")
-    lines.append("| **mIoU** | " + " | ".join(f"**{_fmt(m.get('miou'))}**" for _, m in columns) + " |")
+        lines.append(f"| {c} | " + " | ".join(percent(m.get("per_class", {}).get(c)) for _, m in columns) + " |")
+    lines.append("| **mIoU** | " + " | ".join(f"**{percent(m.get('miou'))}**" for _, m in columns) + " |")
     if seg.get("miou") is not None and len(columns) == 2:
-        lines.append(f"\n{STAGE_BY_NAME['segment'].title} on {seg.get('split')}: mIoU {_fmt(seg['miou'])}")
+        lines.append(f"\n{STAGE_BY_NAME['segment'].title} on {seg.get('split')}: mIoU {percent(seg['miou'])}")
     if isinstance(walk.get("instances"), dict):
         lines.append(f"\n{instance_summary(walk['instances'])}")
     return "\n".join(lines)
 
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None or v != v else f"{v:.1f}"

@@ -71,8 +71,8 @@ def irn_step(cfg: RunConfig, voc: VOCDataset, device: torch.device) -> ImageStep
 
     def one_image(name: str, native: np.ndarray, label: np.ndarray) -> None:
         image = WorkImage(native, cfg.dataset.long_side)
-        keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
-        cams = irn_walk_cams(image, maps, artifacts.load_strided_cam(wd.cam_file(name)))
+        keys, maps, strided = artifacts.load_cam_and_strided(wd.cam_file(name), image.native_size, voc.num_classes)
+        cams = irn_walk_cams(image, maps, strided)
         made = labeler.labels(image.image, keys, cams, instances=cfg.irn_labels.instances)
         artifacts.save_boundary(wd.png(wd.boundary, name), made.boundary)
         if made.detections is not None:

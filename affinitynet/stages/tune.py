@@ -28,7 +28,6 @@ import json
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,30 +253,32 @@ def _load_cases(cfg: RunConfig, names: list[str], device: torch.device) -> list[
     cases = []
     for name in tqdm(names, desc="tune: affinities", leave=False, dynamic_ncols=True):
         image = WorkImage(voc.load_image(name), cfg.dataset.long_side)
-        keys, maps = artifacts.load_cam(wd.cam_file(name), image.native_size, voc.num_classes)
-        cases.append(Case(keys, maps, voc.load_gt(name), image, start(image, maps, wd.cam_file(name))))
+        keys, maps, strided = artifacts.load_cam_and_strided(wd.cam_file(name), image.native_size, voc.num_classes)
+        cases.append(Case(keys, maps, voc.load_gt(name), image, start(image, maps, strided)))
     return cases
 
 
-def _psa_start(cfg: RunConfig, device: torch.device) -> Callable[[WorkImage, np.ndarray, Path], WalkInput]:
-    """The walk's start of an image (its CAMs at the native size, its CAM file): AffinityNet's
-    affinities."""
+def _psa_start(cfg: RunConfig, device: torch.device
+               ) -> Callable[[WorkImage, np.ndarray, np.ndarray | None], WalkInput]:
+    """The walk's start of an image (its CAMs at the native size, their stride-4 maps if any):
+    AffinityNet's affinities."""
     net = load_trained(build_affinity_net(cfg.backbone_of(cfg.train_aff)), WorkDir(cfg.workdir).affinity.final,
                        "AffinityNet")
     affinity_net = prepare(net, device)
-    return lambda image, maps, cam_file: walk_input(affinity_net, image, maps, cfg.random_walk.radius)
+    return lambda image, maps, strided: walk_input(affinity_net, image, maps, cfg.random_walk.radius)
 
 
-def _irn_start(cfg: RunConfig, device: torch.device) -> Callable[[WorkImage, np.ndarray, Path], IRNWalk]:
-    """IRN's walk's start of an image (its CAMs at the native size, its CAM file): the stride-4
-    CAMs and the boundary map."""
+def _irn_start(cfg: RunConfig, device: torch.device
+               ) -> Callable[[WorkImage, np.ndarray, np.ndarray | None], IRNWalk]:
+    """IRN's walk's start of an image (its CAMs at the native size, their stride-4 maps if any):
+    the stride-4 CAMs and the boundary map."""
     net = load_trained(build_irn_net(cfg.backbone_of(cfg.train_irn)), WorkDir(cfg.workdir).affinity.final,
                        "IRN's network")
     labeler = IRNLabeler(prepare(net, device), cfg.irn_labels)
 
-    def start(image: WorkImage, maps: np.ndarray, cam_file: Path) -> IRNWalk:
+    def start(image: WorkImage, maps: np.ndarray, strided: np.ndarray | None) -> IRNWalk:
         boundary, _ = labeler.boundary(image.image)
-        cams = irn_walk_cams(image, maps, artifacts.load_strided_cam(cam_file))
+        cams = irn_walk_cams(image, maps, strided)
         return IRNWalk(labeler.grid_cams(cams, image.size), boundary)
 
     return start
